@@ -1,0 +1,42 @@
+# `make test` and `make demo` work from a fresh clone: the first call builds .venv
+# from requirements.txt (torch, torchvision, DALI, ...); later calls reuse it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-gpu lint format demo bench clean-venv
+
+venv: $(STAMP)
+
+# Reinstall when requirements.txt changes; the stamp marks a complete install,
+# so an interrupted one is redone rather than trusted.
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip -q
+	$(PY) -m pip install -r requirements.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# A small synthetic dataset, a few epochs of HyperIQA on whatever device is here.
+demo: $(STAMP)
+	$(PY) train.py --demo --overwrite
+
+bench: $(STAMP)
+	$(PY) bench/throughput.py --quick
+
+clean-venv:
+	rm -rf $(VENV)

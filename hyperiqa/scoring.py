@@ -1,0 +1,77 @@
+"""Scoring a list of images with a trained checkpoint (evaluate.py, predict.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hyperiqa.errors import UserError
+from hyperiqa.inference import predict_images
+from hyperiqa.model import HyperNet, ModelLoadError, build_model
+from hyperiqa.train_run import resolve_device
+from pipelines.factory import LoaderSettings, make_loader, resolve_loader
+from pipelines.patches import eval_plan
+
+# The crops of evaluation are seeded so that two runs give identical predictions.
+EVAL_SEED = 0
+
+
+def load_checkpoint(path: str, device: torch.device) -> HyperNet:
+    """A HyperNet with the weights of ``path`` (best_model.pkl, koniq_pretrained.pkl), in eval mode."""
+    try:
+        model = build_model("none", init_checkpoint=path)
+    except ModelLoadError as e:
+        raise UserError(str(e)) from None
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def resolve_inference(loader: str, device: str) -> tuple[str, torch.device, str]:
+    dev = resolve_device(device)
+    kind, note = resolve_loader(loader, dev)
+    return kind, dev, note
+
+
+def score_images(
+    model: HyperNet,
+    paths: Sequence[Path],
+    *,
+    loader: str,
+    device: torch.device,
+    patch_num: int = 25,
+    patch_size: int = 224,
+    resize: tuple[int, int] = (384, 512),
+    batch_size: int = 96,
+    num_workers: int = 0,
+    seed: int = EVAL_SEED,
+) -> np.ndarray:
+    """One score per image: the mean prediction over ``patch_num`` seeded crops."""
+    settings = LoaderSettings(
+        resize=resize,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        dtype=torch.float16 if device.type == "cuda" else torch.float32,
+    )
+    scores = [0.0] * len(paths)  # unused by inference; the loader wants one per image
+    patch_loader = make_loader(loader, paths, scores, settings)
+    plan = eval_plan(
+        len(paths),
+        seed=seed,
+        patches_per_image=patch_num,
+        patch_size=patch_size,
+        resize=resize,
+        window=max(1, batch_size // patch_num),
+    )
+    amp = "bf16" if device.type == "cuda" else None
+    try:
+        return predict_images(
+            model, patch_loader, plan, len(paths), amp=amp, channels_last=device.type == "cuda"
+        )
+    finally:
+        patch_loader.close()

@@ -1,0 +1,232 @@
+"""From resolved flags to a finished run folder.
+
+Order matters for "never lose a run": everything that can fail on the user's
+input (device, loader, data, model weights, folder permissions) is checked
+before the folder is touched; only then is an old run replaced (--overwrite)
+or continued (--resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hyperiqa.check_data import check_dataset
+from hyperiqa.config import DEMO_ROOT, TrainConfig, format_resize, run_path
+from hyperiqa.data import Sample, load_samples, split_samples
+from hyperiqa.errors import UserError
+from hyperiqa.model import ModelLoadError, build_model
+from hyperiqa.run_dir import ARGS, LOG, METRICS, RESUME, RunDir, run_logger
+from hyperiqa.trainer import Interrupted, TrainData, Trainer
+from pipelines.factory import LoaderSettings, make_loader, resolve_loader
+from pipelines.patches import eval_plan, train_plan
+
+# Flags that change how fast a run goes, not what it computes: a resume may change them.
+NON_RESULT_FLAGS = {
+    "resume",
+    "overwrite",
+    "progress",
+    "skip_check",
+    "num_workers",
+    "save_all_epochs",
+    "checkpoint_dir",
+    "dali_threads",
+    "dali_prefetch",
+    "dali_hw_decoder_load",
+}
+
+
+def resolve_device(requested: str) -> torch.device:
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    if requested == "auto":
+        return torch.device("cuda" if has_cuda else "cpu")
+    return torch.device(requested)
+
+
+def default_workers(device: torch.device) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    # On a GPU the CPU only decodes: use the cores. On the CPU the model needs
+    # them too, and decoding once per image is cheap next to ResNet-50.
+    return min(cores, 8) if device.type == "cuda" else (1 if cores > 1 else 0)
+
+
+def resolve(cfg: TrainConfig) -> tuple[TrainConfig, torch.device, list[str]]:
+    """Turn auto values into the ones used; returns notes to log."""
+    device = resolve_device(cfg.device)
+    if device.type != "cuda" and cfg.amp in ("bf16", "fp16"):
+        raise UserError(f"--amp {cfg.amp} needs CUDA; on the CPU training runs in fp32")
+    loader, loader_note = resolve_loader(cfg.loader, device)
+    resolved = dataclasses.replace(
+        cfg,
+        device=device.type,
+        loader=loader,
+        amp=(cfg.amp or "bf16") if device.type == "cuda" else "off",
+        num_workers=default_workers(device) if cfg.num_workers is None else cfg.num_workers,
+        shuffle_window=cfg.shuffle_window or cfg.batch_size,
+        channels_last=cfg.channels_last and device.type == "cuda",
+    )
+    return resolved, device, [f"device: {device}", loader_note]
+
+
+def ensure_demo_dataset(cfg: TrainConfig) -> str | None:
+    if not cfg.demo or Path(cfg.train_json).is_file():
+        return None
+    from hyperiqa.synthetic import write_demo_dataset
+
+    write_demo_dataset(DEMO_ROOT)
+    return f"demo: wrote a synthetic dataset to {DEMO_ROOT}"
+
+
+def args_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    now = cfg.to_json()
+    keys = sorted((set(saved) | set(now)) - NON_RESULT_FLAGS)
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+
+
+def open_run_dir(cfg: TrainConfig) -> RunDir:
+    """Check the folder against --resume/--overwrite without changing anything in it."""
+    run = RunDir(run_path(cfg))
+    if cfg.resume:
+        if not run.file(ARGS).is_file():
+            raise UserError(f"--resume: {run.path} holds no run to continue")
+        diffs = args_differences(run.read_json(ARGS), cfg)
+        if diffs:
+            raise UserError(f"--resume: flags differ from {run.file(ARGS)}: " + "; ".join(diffs))
+        if run.file(METRICS).is_file() and run.read_json(METRICS).get("completed"):
+            raise UserError(f"--resume: the run in {run.path} is already complete")
+    elif not cfg.overwrite:
+        run.refuse_existing()
+    run.check_writable()
+    return run
+
+
+def build_model_for(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, str | None]:
+    # Seed before building: the random init (hyper network, and the backbone
+    # with --backbone_weights none) is part of what a seed reproduces.
+    torch.manual_seed(cfg.seed)
+    note = None
+    try:
+        model = build_model(cfg.backbone_weights, cfg.init_checkpoint)
+    except ModelLoadError as e:
+        if not (cfg.demo and cfg.backbone_weights == "imagenet"):
+            raise UserError(str(e)) from None
+        torch.manual_seed(cfg.seed)
+        model = build_model("none", cfg.init_checkpoint)
+        note = "demo: ImageNet weights unavailable, training from random init (--backbone_weights none)"
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, note
+
+
+def split_data(
+    cfg: TrainConfig, device: torch.device, samples: list[Sample]
+) -> tuple[TrainData, TrainData | None]:
+    train_samples, val_samples = split_samples(samples, cfg.val_split, cfg.seed)
+    settings = LoaderSettings(
+        resize=cfg.resize,
+        batch_size=cfg.batch_size,
+        device=device,
+        num_workers=cfg.num_workers,
+        dtype=torch.float16 if cfg.device == "cuda" else torch.float32,
+        dali_threads=cfg.dali_threads,
+        dali_hw_decoder_load=cfg.dali_hw_decoder_load,
+        dali_prefetch=cfg.dali_prefetch,
+    )
+    common = {"patch_size": cfg.patch_size, "resize": cfg.resize, "window": cfg.shuffle_window}
+
+    def data(split: list[Sample], plan) -> TrainData:
+        loader = make_loader(
+            cfg.loader, [s.path for s in split], [s.score for s in split], settings
+        )
+        scores = np.array([s.score for s in split], dtype=np.float64)
+        return TrainData(loader, len(split), scores, plan)
+
+    n_train, n_val = len(train_samples), len(val_samples)
+    train = data(
+        train_samples,
+        lambda epoch: train_plan(
+            n_train, seed=cfg.seed, epoch=epoch, patches_per_image=cfg.train_patch_num, **common
+        ),
+    )
+    if not val_samples:
+        return train, None
+    fixed_val_plan = eval_plan(n_val, seed=cfg.seed, patches_per_image=cfg.val_patch_num, **common)
+    return train, data(val_samples, lambda _epoch: fixed_val_plan)
+
+
+def resume_command(run: RunDir) -> str:
+    argv = [a for a in sys.argv[1:] if a != "--overwrite"]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    if "--checkpoint_dir" not in " ".join(argv):
+        argv += ["--checkpoint_dir", str(run.path)]
+    return shlex.join(["python", "train.py", *argv])
+
+
+def run_training(cfg: TrainConfig) -> Path:
+    """Train as ``cfg`` says; returns the run folder. Raises ``UserError`` for bad input."""
+    echo = tqdm.write if cfg.progress else print
+    notes = [ensure_demo_dataset(cfg)]
+    cfg, device, resolve_notes = resolve(cfg)
+    notes += resolve_notes
+    samples = load_samples(cfg.train_json, cfg.dataset_root)
+    run = open_run_dir(cfg)
+    if not cfg.skip_check:
+        check_dataset([s.path for s in samples], workers=cfg.num_workers, progress=cfg.progress)
+    model, model_note = build_model_for(cfg, device)
+    notes.append(model_note)
+    train, val = split_data(cfg, device, samples)
+
+    # Everything is in place: now the folder may change.
+    saved_state = None
+    if cfg.resume and run.file(RESUME).is_file():
+        saved_state = torch.load(run.file(RESUME), map_location=device, weights_only=False)
+    elif cfg.overwrite or cfg.resume:
+        run.clear_previous_run()  # resume without a saved epoch: nothing to keep
+    run.write_json(ARGS, cfg.to_json())
+
+    with run_logger(run.file(LOG), echo=echo) as log:
+        trainer = Trainer(cfg, model, train, val, run, log, device)
+        if saved_state is not None:
+            trainer.load_resume_state(saved_state)
+            log.info(f"resuming {run.path} after epoch {trainer.state.epoch}")
+        else:
+            log.info(f"run folder: {run.path}")
+        for note in filter(None, notes):
+            log.info(note)
+        log.info(
+            f"{len(samples)} images: {train.num_images} train, {val.num_images if val else 0} val; "
+            f"resize {format_resize(cfg.resize)}, {cfg.train_patch_num} patches/image, "
+            f"batch {cfg.batch_size}, amp {cfg.amp}"
+        )
+        try:
+            state = trainer.fit()
+        except Interrupted:
+            log.info(
+                f"stopped after epoch {trainer.state.epoch}; resume with: {resume_command(run)}"
+            )
+            raise
+        finally:
+            train.loader.close()
+            if val:
+                val.loader.close()
+        best = state.best
+        if best and best["val_srcc"] is not None:
+            log.info(
+                f"done: best val_srcc {best['val_srcc']:.4f} (plcc {best['val_plcc']:.4f}) "
+                f"at epoch {best['epoch']}"
+            )
+        else:
+            log.info("done")
+    return run.path

@@ -1,0 +1,152 @@
+"""Training curves of one or more runs in one PNG.
+
+    python scripts/plot_metrics.py ../checkpoints/lr2e-5_bs96_ep16_val0.1_seed0 -o curves.png
+    python scripts/plot_metrics.py ../checkpoints/*seed* -o seeds.png     # overlaid
+
+Panels: train loss; SRCC (train solid, val dashed); val PLCC. Each run keeps
+one colour in every panel; the legend names runs by folder name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+# Run as `python scripts/plot_metrics.py` from the repo root: make `hyperiqa` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hyperiqa.runs import RunFolderError, RunSummary, load_run
+
+PROG = "plot_metrics"
+
+
+def run_labels(runs: list[RunSummary]) -> list[str]:
+    """Folder names; parent/name where two runs share a name (e.g. two machines' checkpoints)."""
+    names = [run.name for run in runs]
+    return [
+        f"{run.path.parent.name}/{run.name}" if names.count(run.name) > 1 else run.name
+        for run in runs
+    ]
+
+
+def make_figure(runs: list[RunSummary]) -> Figure:
+    # Figure + the Agg canvas directly (no pyplot): no global figure state and
+    # no display backend needed on a headless training box.
+    fig = Figure(figsize=(16, 5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_loss, ax_srcc, ax_plcc = fig.subplots(1, 3)
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    run_handles = []
+    any_val = False
+
+    for run, label, colour in zip(runs, run_labels(runs), colours, strict=True):
+        # Markers keep a run with a single epoch visible (a line needs two points).
+        style = {"color": colour, "marker": "o", "markersize": 3, "linewidth": 1.6}
+        ax_loss.plot(*run.series("train_loss"), **style)
+        ax_srcc.plot(*run.series("train_srcc"), linestyle="-", **style)
+        val_srcc = run.series("val_srcc")
+        val_plcc = run.series("val_plcc")
+        any_val = any_val or bool(val_srcc[0] or val_plcc[0])
+        ax_srcc.plot(*val_srcc, linestyle="--", **style)
+        ax_plcc.plot(*val_plcc, linestyle="--", **style)
+        if run.best_epoch is not None and run.best_val_srcc is not None:
+            # The epoch whose weights are in best_model.pkl.
+            ax_srcc.plot(
+                [run.best_epoch], [run.best_val_srcc], marker="*", markersize=12,
+                color=colour, markeredgecolor="black", linestyle="none",
+            )  # fmt: skip
+        run_handles.append(Line2D([], [], color=colour, linewidth=2.5, label=label))
+
+    ax_loss.set(title="Train loss (L1)", xlabel="epoch", ylabel="loss")
+    ax_srcc.set(title="SRCC (train solid, val dashed; ★ best)", xlabel="epoch", ylabel="SRCC")
+    ax_plcc.set(title="Val PLCC", xlabel="epoch", ylabel="PLCC")
+    for ax in (ax_loss, ax_srcc, ax_plcc):
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if not any_val:
+        # val_split 0: say so instead of leaving a blank panel that looks broken.
+        ax_plcc.text(
+            0.5, 0.5, "no validation metrics\n(val_split 0)", transform=ax_plcc.transAxes,
+            ha="center", va="center", color="grey",
+        )  # fmt: skip
+        ax_plcc.set(xticks=[], yticks=[])  # an empty axis would show meaningless ±0.04 ticks
+    ax_srcc.legend(
+        handles=[
+            Line2D([], [], color="black", linestyle="-", label="train"),
+            Line2D([], [], color="black", linestyle="--", label="val"),
+        ],
+        loc="lower right",
+    )
+    fig.legend(
+        handles=run_handles, loc="outside lower center", ncol=min(len(runs), 3), frameon=False
+    )
+    title = "HyperIQA training curves" if len(runs) > 1 else f"HyperIQA training: {runs[0].name}"
+    fig.suptitle(title, fontsize=14)
+    return fig
+
+
+def save_atomic(fig: Figure, output: Path) -> None:
+    """Save via a temp file + rename, so a viewer never shows a half-written PNG."""
+    suffix = output.suffix or ".png"
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        # mkstemp creates 0600; a plot is meant to be shared, so use the umask's mode.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        fig.savefig(tmp, format=suffix.lstrip("."))
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="plot_metrics.py",
+        description="Plot loss/SRCC/PLCC curves of one or more run folders into one image.",
+    )
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("curves.png"), help="image to write (curves.png)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Read every run before drawing anything: one bad folder fails fast.
+    runs = []
+    for run_dir in args.run_dirs:
+        try:
+            runs.append(load_run(run_dir))
+        except RunFolderError as exc:
+            raise SystemExit(f"{PROG}: error: {run_dir}: {exc}") from None
+    for run in runs:
+        if not run.epochs:
+            print(f"{PROG}: note: {run.path} has no epochs yet", file=sys.stderr)
+
+    output: Path = args.output
+    if not output.parent.is_dir():
+        raise SystemExit(f"{PROG}: error: folder of --output {output} does not exist")
+    fig = make_figure(runs)
+    try:
+        save_atomic(fig, output)
+    except (OSError, ValueError) as exc:
+        # ValueError: an extension matplotlib cannot write (e.g. -o curves.xyz).
+        raise SystemExit(f"{PROG}: error: cannot write {output}: {exc}") from None
+    print(f"{PROG}: wrote {output} ({len(runs)} run{'s' if len(runs) > 1 else ''})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+"""hyperiqa/runs.py, scripts/plot_metrics.py and scripts/compare_runs.py on fake run folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from hyperiqa.runs import RunFolderError, find_runs, load_run
+
+REPO = Path(__file__).resolve().parents[1]
+PLOT = REPO / "scripts" / "plot_metrics.py"
+COMPARE = REPO / "scripts" / "compare_runs.py"
+
+
+def _load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+plot_metrics = _load_script(PLOT)
+compare_runs = _load_script(COMPARE)
+
+
+def make_run(
+    root: Path,
+    name: str,
+    val_srcc: list[float | None],
+    planned: int | None = None,
+    completed: bool | None = None,
+    resumable: bool = False,
+    lr: float = 2e-5,
+    seed: int = 0,
+) -> Path:
+    """A run folder as the trainer writes it, with one epoch per val_srcc entry."""
+    run = root / name
+    run.mkdir(parents=True)
+    planned = planned if planned is not None else len(val_srcc)
+    args = {"lr": lr, "batch_size": 96, "epochs": planned, "seed": seed, "val_split": 0.1,
+            "loader": "pillow", "device": "cpu"}  # fmt: skip
+    (run / "args.json").write_text(json.dumps(args))
+    epochs = []
+    for i, srcc in enumerate(val_srcc, start=1):
+        epochs.append({
+            "epoch": i, "train_loss": 10.0 / i, "train_srcc": 0.5 + 0.05 * i,
+            "val_srcc": srcc, "val_plcc": None if srcc is None else srcc + 0.01,
+            "lr_backbone": lr, "lr_hypernet": lr * 10, "epoch_seconds": 60.0,
+            "train_patches_per_s": 1000.0,
+        })  # fmt: skip
+    scored = [(s, i) for i, s in enumerate(val_srcc, start=1) if s is not None]
+    best = None
+    if scored:
+        srcc, epoch = max(scored)
+        best = {"epoch": epoch, "val_srcc": srcc, "val_plcc": srcc + 0.01}
+    if completed is None:
+        completed = len(val_srcc) >= planned
+    metrics = {"epochs_planned": planned, "completed": completed, "best": best, "epochs": epochs}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "train.log").write_text("log\n")
+    if resumable:
+        (run / "resume_state.pt").write_bytes(b"state")
+    return run
+
+
+def run_cli(script: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, cwd=REPO
+    )
+
+
+# --- hyperiqa.runs -------------------------------------------------------------------------
+
+
+def test_load_run_finished(tmp_path: Path) -> None:
+    run = load_run(make_run(tmp_path, "a", [0.8, 0.9, 0.85]))
+    assert run.status == "finished"
+    assert (run.best_epoch, run.best_val_srcc, run.last_epoch) == (2, 0.9, 3)
+    assert run.best_val_plcc == pytest.approx(0.91)
+    assert run.series("val_srcc") == ([1, 2, 3], [0.8, 0.9, 0.85])
+
+
+def test_status_unfinished_and_resumable(tmp_path: Path) -> None:
+    plain = load_run(make_run(tmp_path, "a", [0.8, 0.9], planned=16))
+    assert plain.status == "unfinished (2/16 epochs)"
+    resumable = load_run(make_run(tmp_path, "b", [0.8, 0.9, 0.7], planned=16, resumable=True))
+    assert resumable.status == "unfinished (3/16 epochs), resumable"
+
+
+def test_no_val_metrics(tmp_path: Path) -> None:
+    run = load_run(make_run(tmp_path, "a", [None, None]))
+    assert run.best_val_srcc is None and run.best_epoch is None
+    assert run.series("val_srcc") == ([], [])
+    assert run.series("train_loss") == ([1, 2], [10.0, 5.0])
+
+
+def test_best_computed_when_metrics_lack_it(tmp_path: Path) -> None:
+    # DESIGN.md's minimal metrics.json has only "epochs".
+    run_dir = make_run(tmp_path, "a", [0.7, 0.95, 0.9])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({"epochs": metrics["epochs"]}))
+    run = load_run(run_dir)
+    assert (run.best_epoch, run.best_val_srcc) == (2, 0.95)
+    assert run.epochs_planned == 3 and run.status == "finished"  # planned from args.json
+
+
+def test_not_a_run(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunFolderError, match=r"no metrics\.json"):
+        load_run(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "metrics.json").write_text("{not json")
+    with pytest.raises(RunFolderError, match="not valid JSON"):
+        load_run(bad)
+
+
+def test_find_runs(tmp_path: Path) -> None:
+    make_run(tmp_path, "run1", [0.8])
+    (tmp_path / "notes").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / "readme.txt").write_text("x")
+    runs, skipped = find_runs(tmp_path)
+    assert [r.name for r in runs] == ["run1"]
+    assert skipped == [(tmp_path / "notes", "no metrics.json")]
+
+
+# --- plot_metrics --------------------------------------------------------------------------
+
+
+def test_plot_two_runs(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "lr2e-5_seed0", [0.8, 0.85, 0.9])
+    b = make_run(tmp_path, "lr1e-4_seed0", [None, None], planned=4)  # val_split 0, unfinished
+    out = tmp_path / "curves.png"
+    proc = run_cli(PLOT, str(a), str(b), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 10_000
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+        assert 800 <= width <= 3000 and 300 <= height <= 2000 and width > height
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_plot_main_single_run(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "only", [0.5])
+    out = tmp_path / "one.png"
+    assert plot_metrics.main([str(run), "-o", str(out)]) == 0
+    assert out.stat().st_size > 0
+
+
+def test_plot_missing_metrics_fails(tmp_path: Path) -> None:
+    good = make_run(tmp_path, "good", [0.8])
+    (tmp_path / "notrun").mkdir()
+    out = tmp_path / "curves.png"
+    proc = run_cli(PLOT, str(good), str(tmp_path / "notrun"), "-o", str(out))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "notrun" in proc.stderr
+    assert not out.exists()
+
+
+# --- compare_runs --------------------------------------------------------------------------
+
+
+def test_compare_orders_by_best_val_srcc(tmp_path: Path) -> None:
+    make_run(tmp_path, "a_mid", [0.85], seed=1)
+    make_run(tmp_path, "b_noval", [None])
+    make_run(tmp_path, "c_best", [0.7, 0.92], lr=1e-4)
+    make_run(tmp_path, "d_low", [0.6, 0.61], planned=16, resumable=True)
+    (tmp_path / "scratch").mkdir()
+    proc = run_cli(COMPARE, str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:2] == ["name", "lr"]
+    names = [line.split()[0] for line in lines[2:]]
+    assert names == ["c_best", "a_mid", "d_low", "b_noval"]
+    assert "1e-4" in lines[2] and "0.9200" in lines[2] and "finished" in lines[2]
+    assert "unfinished (2/16 epochs), resumable" in lines[4]
+    assert "skipped scratch: no metrics.json" in proc.stderr
+
+
+def test_lr_spelled_like_run_folders() -> None:
+    assert [compare_runs.format_cell("lr", v) for v in (2e-5, 1e-4, 2.5e-5, 0.001)] == [
+        "2e-5", "1e-4", "2.5e-5", "1e-3",
+    ]  # fmt: skip
+
+
+def test_compare_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_run(tmp_path, "low", [0.5])
+    make_run(tmp_path, "high", [0.9], planned=3)
+    assert compare_runs.main([str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["high", "low"]
+    assert rows[0]["best_val_srcc"] == 0.9 and rows[0]["status"] == "unfinished (1/3 epochs)"
+    assert {"lr", "batch_size", "epochs", "seed", "best_epoch", "last_epoch"} <= set(rows[0])
+
+
+def test_compare_empty_and_missing(tmp_path: Path) -> None:
+    proc = run_cli(COMPARE, str(tmp_path))
+    assert proc.returncode == 0 and f"no runs under {tmp_path}" in proc.stdout
+    proc = run_cli(COMPARE, str(tmp_path / "nope"))
+    assert proc.returncode == 1
+    assert "nope" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,165 @@
+"""End-to-end CPU training runs: the run folder, its files and fields, evaluate.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate
+import train
+from hyperiqa.model import HyperNet
+from tests.conftest import read_json, tiny_train_args
+
+EPOCH_FIELDS = {
+    "epoch", "train_loss", "train_srcc", "val_srcc", "val_plcc",
+    "lr_backbone", "lr_hypernet", "epoch_seconds", "train_patches_per_s",
+}  # fmt: skip
+TIMING_FIELDS = {"epoch_seconds", "train_seconds", "train_patches_per_s"}
+
+
+def without_timings(metrics: dict) -> list[dict]:
+    return [{k: v for k, v in e.items() if k not in TIMING_FIELDS} for e in metrics["epochs"]]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "run"
+    assert train.main(tiny_train_args(tiny_dataset, run)) == 0
+    return run
+
+
+def test_run_folder_holds_exactly_the_guide_files(finished_run: Path) -> None:
+    names = {p.name for p in finished_run.iterdir()}
+    assert names == {"args.json", "train.log", "metrics.json", "best_model.pkl"}
+
+
+def test_args_json_holds_every_resolved_argument(finished_run: Path) -> None:
+    args = read_json(finished_run / "args.json")
+    assert args["loader"] == "pillow" and args["device"] == "cpu" and args["amp"] == "off"
+    assert args["resize"] == "240x256" and args["epochs"] == 2 and args["lr"] == 2e-5
+    assert args["shuffle_window"] == 2  # resolved from batch_size
+    for flag in ("dataset_root", "train_json", "val_split", "lr_ratio", "weight_decay", "seed",
+                 "patch_size", "train_patch_num", "val_patch_num", "save_all_epochs", "num_workers",
+                 "backbone_weights", "init_checkpoint", "checkpoint_dir"):  # fmt: skip
+        assert flag in args
+
+
+def test_metrics_json_has_every_epoch_and_field(finished_run: Path) -> None:
+    metrics = read_json(finished_run / "metrics.json")
+    assert metrics["completed"] is True and metrics["epochs_planned"] == 2
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    for row in metrics["epochs"]:
+        assert set(row) >= EPOCH_FIELDS
+        assert row["train_loss"] > 0 and row["train_patches_per_s"] > 0
+        assert row["lr_backbone"] == 2e-5 and row["lr_hypernet"] == pytest.approx(2e-4)
+    best = metrics["best"]
+    if best is not None:
+        assert best["val_srcc"] == max(
+            e["val_srcc"] for e in metrics["epochs"] if e["val_srcc"] is not None
+        )
+
+
+def test_best_model_loads_strictly_into_hypernet(finished_run: Path) -> None:
+    state = torch.load(finished_run / "best_model.pkl", map_location="cpu", weights_only=True)
+    model = HyperNet()
+    model.load_state_dict(state, strict=True)
+    assert all(t.device.type == "cpu" for t in state.values())
+
+
+def test_train_log_lines_are_timestamped(finished_run: Path) -> None:
+    lines = (finished_run / "train.log").read_text().splitlines()
+    assert lines and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", ln) for ln in lines)
+    assert any("epoch 2/2" in ln for ln in lines)
+
+
+def test_same_seed_repeats_the_run_exactly(
+    finished_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    assert train.main(tiny_train_args(tiny_dataset, tmp_path / "again")) == 0
+    first = read_json(finished_run / "metrics.json")
+    second = read_json(tmp_path / "again" / "metrics.json")
+    assert without_timings(first) == without_timings(second)
+
+
+def test_existing_run_is_refused_and_left_untouched(
+    finished_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert train.main(tiny_train_args(tiny_dataset, run)) == 1
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and str(run) in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_overwrite_replaces_an_existing_run(
+    finished_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    (run / "epoch_7.pkl").write_bytes(b"stale")
+    (run / "notes.txt").write_text("mine")
+    args = tiny_train_args(tiny_dataset, run, "--overwrite", "--epochs", "1")
+    assert train.main(args) == 0
+    assert not (run / "epoch_7.pkl").exists()  # the old run's files are gone
+    assert (run / "notes.txt").read_text() == "mine"  # the user's are not
+    assert [e["epoch"] for e in read_json(run / "metrics.json")["epochs"]] == [1]
+
+
+def test_save_all_epochs_and_no_validation(tiny_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = tiny_train_args(tiny_dataset, run, "--save_all_epochs", "--val_split", "0")
+    assert train.main(args) == 0
+    assert (run / "epoch_1.pkl").is_file() and (run / "epoch_2.pkl").is_file()
+    metrics = read_json(run / "metrics.json")
+    assert all(e["val_srcc"] is None and e["val_plcc"] is None for e in metrics["epochs"])
+    # Without validation best_model.pkl follows the last epoch.
+    assert metrics["best"]["epoch"] == 2
+    best = torch.load(run / "best_model.pkl", weights_only=True)
+    last = torch.load(run / "epoch_2.pkl", weights_only=True)
+    assert all(torch.equal(best[k], last[k]) for k in best)
+
+
+def test_default_run_folder_name(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = tiny_train_args(tiny_dataset, tmp_path, "--epochs", "1", "--lr", "1e-4")
+    i = args.index("--checkpoint_dir")
+    del args[i : i + 2]
+    assert train.main(args) == 0
+    expected = tmp_path / "checkpoints" / "lr1e-4_bs2_ep1_val0.34_seed42"
+    assert (expected / "metrics.json").is_file()
+
+
+def test_evaluate_writes_deterministic_predictions(
+    finished_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    outputs = []
+    for name in ("a.json", "b.json"):
+        out = tmp_path / name
+        argv = [
+            "--checkpoint", str(finished_run / "best_model.pkl"),
+            "--test_json", str(tiny_dataset / "demo.json"),
+            "--dataset_root", str(tiny_dataset),
+            "--resize", "240x256", "--patch_num", "3", "--batch_size", "4",
+            "--device", "cpu", "--loader", "pillow", "--output", str(out),
+        ]  # fmt: skip
+        assert evaluate.main(argv) == 0
+        outputs.append(json.loads(out.read_text()))
+    a, b = outputs
+    assert a == b
+    assert set(a) == {"srcc", "plcc", "krcc", "num_images", "predictions"}
+    assert a["num_images"] == 6 and len(a["predictions"]) == 6
+    entries = read_json(tiny_dataset / "demo.json")
+    assert [p["image"] for p in a["predictions"]] == [e["image"] for e in entries]
+    assert all(set(p) == {"image", "score", "prediction"} for p in a["predictions"])
+    assert "SRCC" in capsys.readouterr().out
