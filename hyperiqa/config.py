@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train HyperIQA (Su et al., CVPR 2020) on an IQA dataset such as KonIQ-10k.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        # No abbreviations: --demo must know which flags were typed (and --epoch
+        # silently meaning --epochs helps nobody reading a command line later).
+        allow_abbrev=False,
     )
     data = p.add_argument_group("data")
     data.add_argument(

@@ -13,10 +13,7 @@ from hyperiqa.inference import predict_images
 from hyperiqa.model import HyperNet, ModelLoadError, build_model
 from hyperiqa.train_run import resolve_device
 from pipelines.factory import LoaderSettings, make_loader, resolve_loader
-from pipelines.patches import eval_plan
-
-# The crops of evaluation are seeded so that two runs give identical predictions.
-EVAL_SEED = 0
+from pipelines.patches import EVAL_SEED, eval_plan
 
 
 def load_checkpoint(path: str, device: torch.device) -> HyperNet:

@@ -1,0 +1,361 @@
+"""The DALI loader: decode each image once per epoch, resize and cut its patches in DALI.
+
+One DALI pipeline iteration is one plan window: its images in plan order
+(``max_batch_size = plan.window``; the last window may hold fewer images). Per
+image the graph is
+
+    file bytes (external_source) -> decoders.image -> resize to (H, W)
+      -> P x crop_mirror_normalize (one per patch slot) -> stack -> [P, 3, S, S]
+
+so a window comes out as one dense ``[n, P, 3, S, S]`` tensor, normalised and
+in the delivered dtype, which becomes the image-major ``[n * P, 3, S, S]`` that
+:func:`pipelines.batching.shuffle_into_batches` shuffles and cuts into batches.
+
+GPU mode (``settings.device`` is CUDA): only the file bytes and the crop
+parameters live on the host; decoding is "mixed" (nvJPEG, hardware decoder on
+A100/H100) and everything after it runs on the GPU. CPU mode is the same graph
+with ``device="cpu"`` and no device id; CI tests it that way.
+
+Crops: ``crop_mirror_normalize`` takes one crop position per sample, not one
+per patch, so the graph holds P of them, patch slot k reading its position and
+mirror flag from row k of a per-image table fed by the external source. Each
+does crop, mirror, ImageNet normalisation, HWC->CHW and the cast in one kernel.
+
+Prefetch: the external source pulls windows from the current plan through a
+callback, and the pipeline runs ``settings.dali_prefetch`` windows ahead of the
+one being trained on (DALI's asynchronous executor decodes them meanwhile).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from nvidia.dali import fn, types
+from nvidia.dali.pipeline import Pipeline
+from nvidia.dali.plugin.pytorch import feed_ndarray
+from PIL import Image
+
+from hyperiqa.errors import UserError
+from pipelines.batching import IMAGENET_MEAN, IMAGENET_STD, PatchBatch, shuffle_into_batches
+from pipelines.factory import LoaderSettings
+from pipelines.patches import PatchPlan
+
+# The dtypes DALI can write directly; anything else (bfloat16) is produced as
+# float32 and cast per batch on the device.
+_DALI_DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16}
+
+# nvJPEG's default chroma upsampling differs from libjpeg-turbo's (which Pillow
+# and DALI's CPU decoder use); "fancy" upsampling makes the mixed decoder match
+# the CPU path and the Pillow loader more closely.
+_GPU_FANCY_UPSAMPLING = True
+
+# How DALI names the failing operator in a pipeline error.
+_DECODER_FAILED = re.compile(r"operator `[\w.]*decoders\.image`")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _GraphKey:
+    """What a built pipeline is specialised to; a plan with another key needs another pipeline."""
+
+    window: int  # max images per iteration (DALI's max_batch_size)
+    patches_per_image: int
+    patch_size: int
+
+
+class _WindowPipeline:
+    """One built DALI pipeline, fed one plan at a time, one window per iteration."""
+
+    def __init__(
+        self,
+        key: _GraphKey,
+        paths: Sequence[Path],
+        settings: LoaderSettings,
+        reader: ThreadPoolExecutor,
+    ) -> None:
+        self.key, self.paths, self.settings, self.reader = key, paths, settings, reader
+        self.gpu = settings.device.type == "cuda"
+        self.out_dtype = settings.dtype if settings.dtype in _DALI_DTYPES else torch.float32
+        self.plan: PatchPlan | None = None  # the plan the source callback reads from
+        self.broken = False  # a DALI pipeline is unusable after any error
+        self._copy_stream = torch.cuda.Stream(settings.device) if self.gpu else None
+        self.pipe: Pipeline | None = self._build()
+
+    # -- graph -------------------------------------------------------------------
+
+    def _build(self) -> Pipeline:
+        settings, key = self.settings, self.key
+        height, width = settings.resize
+        s = key.patch_size
+        if self.gpu:
+            device_id = settings.device.index
+            device_id = torch.cuda.current_device() if device_id is None else device_id
+        else:
+            device_id = None
+        pipe = Pipeline(
+            batch_size=key.window,
+            num_threads=settings.dali_threads,
+            device_id=device_id,
+            prefetch_queue_depth=settings.dali_prefetch,
+            exec_async=True,
+            exec_pipelined=True,
+        )
+        with pipe:
+            data, pos, mirror = fn.external_source(
+                source=self._source,
+                num_outputs=3,
+                batch=True,
+                batch_info=True,
+                dtype=[types.UINT8, types.FLOAT, types.INT32],
+                ndim=[1, 2, 1],
+            )
+            if self.gpu:
+                images = fn.decoders.image(
+                    data,
+                    device="mixed",
+                    output_type=types.RGB,
+                    hw_decoder_load=settings.dali_hw_decoder_load,
+                    jpeg_fancy_upsampling=_GPU_FANCY_UPSAMPLING,
+                )
+            else:
+                images = fn.decoders.image(data, device="cpu", output_type=types.RGB)
+            # Linear with antialiasing is Pillow's BILINEAR: a triangle filter
+            # widened by the scale when shrinking (patches ~0.15 grey levels apart).
+            images = fn.resize(
+                images,
+                resize_x=width,
+                resize_y=height,
+                interp_type=types.INTERP_LINEAR,
+                antialias=True,
+            )
+            patches = [
+                fn.crop_mirror_normalize(
+                    images,
+                    crop_h=s,
+                    crop_w=s,
+                    # Normalised positions: DALI places the window at
+                    # round(pos * (size - S)); the feeder divides by (size - S).
+                    crop_pos_y=pos[k, 0],
+                    crop_pos_x=pos[k, 1],
+                    mirror=mirror[k],
+                    mean=[255.0 * m for m in IMAGENET_MEAN],
+                    std=[255.0 * v for v in IMAGENET_STD],
+                    dtype=_DALI_DTYPES[self.out_dtype],
+                    output_layout="CHW",
+                )
+                for k in range(key.patches_per_image)
+            ]
+            pipe.set_outputs(fn.stack(*patches))
+        pipe.build()
+        return pipe
+
+    # -- feeding -----------------------------------------------------------------
+
+    def _source(self, info: types.BatchInfo) -> tuple[list, list, list]:
+        """The external source: iteration i of an epoch is window i of the current plan.
+
+        Runs on the thread that schedules the pipeline, ``dali_prefetch`` windows
+        ahead of the one being consumed. Raising StopIteration ends DALI's epoch.
+        """
+        plan = self.plan
+        if plan is None or info.iteration >= len(plan.window_perms):
+            raise StopIteration
+        start = info.iteration * plan.window
+        rows = range(start, min(start + plan.window, plan.num_images))
+        paths = [self.paths[plan.order[r]] for r in rows]
+        data = list(self.reader.map(_read_bytes, paths))
+
+        height, width = self.settings.resize
+        s = plan.patch_size
+        # max(..., 1): when the image is exactly patch-sized the only offset is 0.
+        scale = np.array([max(height - s, 1), max(width - s, 1)], dtype=np.float64)
+        pos = [
+            (np.stack([plan.tops[r], plan.lefts[r]], axis=-1) / scale).astype(np.float32)
+            for r in rows
+        ]
+        mirror = [plan.flips[r].astype(np.int32) for r in rows]
+        return data, pos, mirror
+
+    # -- running -----------------------------------------------------------------
+
+    def windows(self, plan: PatchPlan) -> Iterator[torch.Tensor]:
+        """Yield each window of ``plan`` as ``[n * P, 3, S, S]`` on the target device."""
+        self.plan = plan
+        done = False
+        try:
+            # The first call fills DALI's queue with `dali_prefetch` windows.
+            depth = self.settings.dali_prefetch
+            self._guard(self.pipe.schedule_run, plan, range(depth))
+            for w, (rows, _) in enumerate(plan.windows()):
+                outputs = self._guard(self.pipe.share_outputs, plan, range(w, w + 1))
+                patches = self._to_torch(outputs[0])
+                self.pipe.release_outputs()
+                # Queue the next window now, so it decodes while this one trains.
+                self._guard(self.pipe.schedule_run, plan, range(w + 1, w + 1 + depth))
+                n = rows.stop - rows.start
+                yield patches.view(n * plan.patches_per_image, 3, plan.patch_size, plan.patch_size)
+            done = True
+        finally:
+            if not self.broken:
+                self._end_epoch(drain=not done)
+
+    def _end_epoch(self, drain: bool) -> None:
+        """Leave the pipeline ready for the next plan, also when a consumer stopped early."""
+        self.plan = None  # any further source call ends DALI's epoch
+        if self.pipe is None:  # closed while an epoch was suspended
+            return
+        try:
+            if drain:
+                # Windows already scheduled must be consumed, or the next epoch
+                # would receive them first.
+                while not self.pipe.empty():
+                    self.pipe.share_outputs()
+                    self.pipe.release_outputs()
+                self.pipe.schedule_run()  # reaches the source, which now stops
+            self.pipe.reset()
+        except Exception:
+            # A window decoded ahead but never consumed failed (or the consumer
+            # stopped because of an error). Nobody asked for that window, so don't
+            # raise from here (this runs while a generator closes); the next epoch
+            # builds a fresh pipeline and reports the file if it is still bad.
+            self.broken = True
+
+    def close(self) -> None:
+        # The DALI pipeline holds our source callback and we hold it: drop our side
+        # so it shuts down (threads, device memory) now rather than at a GC pass.
+        self.plan, self.pipe, self.broken = None, None, True
+
+    def _guard(self, call: Callable[[], T], plan: PatchPlan, windows: range) -> T:
+        """Run a pipeline call; on failure mark the pipeline dead and name the bad file.
+
+        ``windows`` are the plan windows the call may be working on: the one whose
+        outputs it returns, or the ones it schedules.
+        """
+        try:
+            return call()
+        except UserError:
+            self.broken = True
+            raise
+        except RuntimeError as e:
+            self.broken = True
+            if not _DECODER_FAILED.search(str(e)):
+                raise
+            start = windows.start * plan.window
+            stop = min(windows.stop * plan.window, plan.num_images)
+            paths = [self.paths[i] for i in plan.order[start:stop]]
+            # "sample #k" counts within one window, so it only helps when there is one.
+            in_window = paths if len(windows) == 1 else None
+            raise UserError(_decode_error_message(str(e), paths, in_window)) from None
+
+    def _to_torch(self, output) -> torch.Tensor:
+        """Copy one window out of DALI's buffer into a fresh tensor on the target device."""
+        dense = output.as_tensor()  # [n, P, 3, S, S]; every sample has the same shape
+        shape = dense.shape()
+        if not self.gpu:
+            out = torch.empty(shape, dtype=self.out_dtype)
+            feed_ndarray(dense, out)
+            return out
+        # Device-to-device copy on a side stream: waiting for it (so DALI may reuse
+        # its buffer) does not wait for the training kernels queued on the main stream.
+        stream = self._copy_stream
+        with torch.cuda.stream(stream):
+            out = torch.empty(shape, dtype=self.out_dtype, device=self.settings.device)
+        feed_ndarray(dense, out, cuda_stream=stream)
+        stream.synchronize()
+        # The tensor is consumed on the main stream; tell the caching allocator.
+        out.record_stream(torch.cuda.current_stream(self.settings.device))
+        return out
+
+
+def _read_bytes(path: Path) -> np.ndarray:
+    try:
+        return np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise UserError(f"cannot read image {path}: {e.strerror or e}") from None
+
+
+def _decode_error_message(
+    dali_message: str, candidates: list[Path], window: list[Path] | None
+) -> str:
+    """Name the file DALI failed on: from its message if it says, else by probing with Pillow."""
+    culprit: Path | None = None
+    match = re.search(r"sample #(\d+)", dali_message)
+    if window is not None and match and int(match.group(1)) < len(window):
+        culprit = window[int(match.group(1))]
+    else:
+        culprit = next((p for p in candidates if not _pillow_decodes(p)), None)
+    if culprit is not None:
+        return f"DALI cannot decode image {culprit} (corrupt or unsupported file)"
+    names = ", ".join(str(p) for p in candidates)
+    return f"DALI cannot decode one of these images (corrupt or unsupported file): {names}"
+
+
+def _pillow_decodes(path: Path) -> bool:
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except Exception:
+        return False
+
+
+class DaliLoader:
+    """Decode, resize and cut patches with DALI; shuffle and batch on the device."""
+
+    name = "dali"
+
+    def __init__(
+        self, paths: Sequence[Path], scores: Sequence[float], settings: LoaderSettings
+    ) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.settings = settings
+        self.scores = torch.tensor(list(scores), dtype=torch.float32, device=settings.device)
+        # Reads the next windows' files in parallel while the trainer runs.
+        self._reader = ThreadPoolExecutor(max_workers=settings.dali_threads)
+        # Building a pipeline is expensive: one per graph shape, reused every epoch.
+        self._pipelines: dict[_GraphKey, _WindowPipeline] = {}
+
+    def _pipeline(self, plan: PatchPlan) -> _WindowPipeline:
+        key = _GraphKey(plan.window, plan.patches_per_image, plan.patch_size)
+        pipe = self._pipelines.get(key)
+        if pipe is None or pipe.broken:
+            if pipe is not None:
+                pipe.close()
+            pipe = _WindowPipeline(key, self.paths, self.settings, self._reader)
+            self._pipelines[key] = pipe
+        return pipe
+
+    def _check(self, plan: PatchPlan) -> None:
+        height, width = self.settings.resize
+        s = plan.patch_size
+        if plan.num_images == 0:
+            return
+        if plan.tops.min() < 0 or plan.lefts.min() < 0:
+            raise ValueError("plan has negative crop offsets")
+        if plan.tops.max() + s > height or plan.lefts.max() + s > width:
+            raise ValueError(f"plan crops fall outside the resized {height}x{width} image")
+        if plan.order.max() >= len(self.paths):
+            raise ValueError("plan refers to images this loader does not have")
+
+    def batches(self, plan: PatchPlan) -> Iterator[PatchBatch]:
+        self._check(plan)
+        pipe = self._pipeline(plan)
+        dtype = self.settings.dtype
+        finish = (lambda x: x) if pipe.out_dtype == dtype else (lambda x: x.to(dtype))
+        yield from shuffle_into_batches(
+            plan, pipe.windows(plan), self.scores, self.settings.batch_size, finish
+        )
+
+    def close(self) -> None:
+        for pipe in self._pipelines.values():
+            pipe.close()
+        self._pipelines.clear()
+        self._reader.shutdown(wait=True)

@@ -1,0 +1,337 @@
+"""Tests for hyperiqa.config: defaults of the training guide, flag checks, demo
+overrides and the run-folder name."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from hyperiqa.config import (
+    DEFAULT_CHECKPOINTS,
+    DEMO_DEFAULTS,
+    TrainConfig,
+    build_parser,
+    format_lr,
+    parse_args,
+    run_name,
+    run_path,
+)
+
+
+@pytest.fixture(scope="module")
+def defaults() -> TrainConfig:
+    return parse_args([])
+
+
+# -- defaults -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("dataset_root", "../datasets/"),
+        ("train_json", "../datasets/metas/koniq_train.json"),
+        ("val_split", 0.1),
+        ("lr", 2e-5),
+        ("lr_ratio", 10.0),
+        ("weight_decay", 5e-4),
+        ("batch_size", 96),
+        ("epochs", 16),
+        ("seed", 42),
+        ("patch_size", 224),
+        ("train_patch_num", 25),
+        ("val_patch_num", 25),
+        ("resize", (384, 512)),
+        ("loader", "auto"),
+        ("device", "auto"),
+        ("checkpoint_dir", None),
+        ("save_all_epochs", False),
+        ("overwrite", False),
+        ("resume", False),
+        ("demo", False),
+    ],
+)
+def test_training_guide_defaults(defaults: TrainConfig, field: str, expected) -> None:
+    assert getattr(defaults, field) == expected
+    assert type(getattr(defaults, field)) is type(expected)
+
+
+def test_defaults_name_and_path(defaults: TrainConfig) -> None:
+    assert run_name(defaults) == "lr2e-5_bs96_ep16_val0.1_seed42"
+    assert run_path(defaults) == DEFAULT_CHECKPOINTS / "lr2e-5_bs96_ep16_val0.1_seed42"
+    assert run_path(defaults) == Path("../checkpoints/lr2e-5_bs96_ep16_val0.1_seed42")
+
+
+def test_every_parser_flag_reaches_the_config() -> None:
+    dests = {a.dest for a in build_parser()._actions if a.dest != "help"}
+    assert dests == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_valid_values_parse() -> None:
+    cfg = parse_args(
+        [
+            "--val_split",
+            "0",
+            "--resize",
+            "512x384",
+            "--batch_size",
+            "1",
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-3",
+            "--loader",
+            "pillow",
+            "--device",
+            "cpu",
+            "--weight_decay",
+            "0",
+            "--seed",
+            "0",
+        ]
+    )
+    assert cfg.val_split == 0.0
+    assert cfg.resize == (512, 384)
+    assert cfg.batch_size == 1
+    assert cfg.epochs == 1
+    assert cfg.lr == 1e-3
+    assert cfg.loader == "pillow"
+    assert cfg.device == "cpu"
+    assert cfg.weight_decay == 0.0
+    assert cfg.seed == 0
+
+
+def test_resize_accepts_uppercase_x() -> None:
+    assert parse_args(["--resize", "256X320"]).resize == (256, 320)
+
+
+def test_patch_size_equal_to_resize_side_is_allowed() -> None:
+    cfg = parse_args(["--resize", "224x300", "--patch_size", "224"])
+    assert cfg.patch_size == 224
+
+
+# -- invalid values: argparse errors naming the flag -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--val_split", "1"], "--val_split"),
+        (["--val_split", "-0.1"], "--val_split"),
+        (["--val_split", "abc"], "--val_split"),
+        (["--val_split", "1.5"], "--val_split"),
+        (["--batch_size", "0"], "--batch_size"),
+        (["--batch_size", "-4"], "--batch_size"),
+        (["--batch_size", "2.5"], "--batch_size"),
+        (["--epochs", "-1"], "--epochs"),
+        (["--epochs", "0"], "--epochs"),
+        (["--lr", "0"], "--lr"),
+        (["--lr", "-1e-5"], "--lr"),
+        (["--lr", "inf"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--lr_ratio", "0"], "--lr_ratio"),
+        (["--weight_decay", "-1"], "--weight_decay"),
+        (["--seed", "-1"], "--seed"),
+        (["--resize", "384"], "--resize"),
+        (["--resize", "0x5"], "--resize"),
+        (["--resize", "5x0"], "--resize"),
+        (["--resize", "axb"], "--resize"),
+        (["--resize", "384x512x3"], "--resize"),
+        (["--resize", "-384x512"], "--resize"),
+        (["--patch_size", "0"], "--patch_size"),
+        (["--train_patch_num", "0"], "--train_patch_num"),
+        (["--val_patch_num", "0"], "--val_patch_num"),
+        (["--loader", "foo"], "--loader"),
+        (["--device", "tpu"], "--device"),
+        (["--amp", "fp8"], "--amp"),
+        (["--dali_hw_decoder_load", "1.5"], "--dali_hw_decoder_load"),
+        (["--num_workers", "-1"], "--num_workers"),
+        (["--patch_size", "385"], "--patch_size"),
+        (["--resize", "200x300"], "--patch_size"),  # default 224 no longer fits
+        (["--resize", "300x200", "--patch_size", "224"], "--patch_size"),
+        (["--resume", "--overwrite"], "--resume"),
+    ],
+)
+def test_invalid_value_is_an_argparse_error_naming_the_flag(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err
+    assert "Traceback" not in err
+
+
+def test_resume_with_overwrite_error_names_both(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--overwrite", "--resume"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err
+
+
+def test_patch_size_error_mentions_resize(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--resize", "100x120", "--patch_size", "112"])
+    err = capsys.readouterr().err
+    assert "112" in err and "100x120" in err
+
+
+def test_unknown_flag_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--no_such_flag"])
+    assert exc.value.code == 2
+    assert "--no_such_flag" in capsys.readouterr().err
+
+
+# -- demo -----------------------------------------------------------------------
+
+
+def test_demo_applies_demo_defaults() -> None:
+    cfg = parse_args(["--demo"])
+    assert cfg.demo is True
+    for key, value in DEMO_DEFAULTS.items():
+        assert getattr(cfg, key) == value, key
+    assert run_name(cfg).startswith("demo_")
+    assert run_name(cfg) == "demo_lr1e-4_bs16_ep6_val0.25_seed42"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--demo", "--epochs", "3"],
+        ["--demo", "--epochs=3"],
+        ["--epochs", "3", "--demo"],
+        ["--epochs=3", "--demo"],
+    ],
+)
+def test_demo_explicit_flags_win(argv: list[str]) -> None:
+    cfg = parse_args(argv)
+    assert cfg.epochs == 3
+    # The other demo defaults still apply.
+    assert cfg.batch_size == DEMO_DEFAULTS["batch_size"]
+    assert cfg.resize == DEMO_DEFAULTS["resize"]
+    assert cfg.lr == DEMO_DEFAULTS["lr"]
+
+
+def test_demo_explicit_resize_and_lr_win() -> None:
+    cfg = parse_args(["--demo", "--resize=300x400", "--lr", "3e-4", "--val_split", "0"])
+    assert cfg.resize == (300, 400)
+    assert cfg.lr == 3e-4
+    assert cfg.val_split == 0.0
+    assert cfg.epochs == DEMO_DEFAULTS["epochs"]
+
+
+def test_demo_explicit_value_equal_to_the_normal_default_wins() -> None:
+    # --batch_size 96 is the normal default, but typed explicitly it must beat the demo's 16.
+    assert parse_args(["--demo", "--batch_size", "96"]).batch_size == 96
+
+
+def test_demo_resize_is_checked_against_patch_size(capsys: pytest.CaptureFixture[str]) -> None:
+    # Demo resize is 256x320; a 300 patch does not fit it.
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--demo", "--patch_size", "300"])
+    assert exc.value.code == 2
+    assert "argument --patch_size" in capsys.readouterr().err
+
+
+def test_demo_keeps_non_demo_flags() -> None:
+    cfg = parse_args(["--demo", "--checkpoint_dir", "runs/x", "--seed", "3"])
+    assert cfg.checkpoint_dir == "runs/x"
+    assert cfg.seed == 3
+    assert cfg.dataset_root == DEMO_DEFAULTS["dataset_root"]
+
+
+@pytest.mark.xfail(
+    reason="bug: argparse accepts the abbreviation --epoch for --epochs, but "
+    "_explicit_flags only sees full option strings, so --demo silently overrides it",
+    strict=False,
+)
+def test_demo_abbreviated_flag_is_honoured_or_rejected() -> None:
+    # Either the abbreviation is refused (allow_abbrev=False) or it wins over the demo.
+    try:
+        cfg = parse_args(["--demo", "--epoch", "3"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        assert cfg.epochs == 3
+
+
+# -- naming ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lr", "text"),
+    [
+        (2e-5, "2e-5"),
+        (1e-4, "1e-4"),
+        (2.5e-5, "2.5e-5"),
+        (0.001, "1e-3"),
+        (3e-4, "3e-4"),
+        (1.0, "1e0"),
+        (0.5, "5e-1"),
+        (1.25e-6, "1.25e-6"),
+        (12.0, "1.2e1"),
+    ],
+)
+def test_format_lr(lr: float, text: str) -> None:
+    assert format_lr(lr) == text
+
+
+def _cfg(**overrides) -> TrainConfig:
+    return dataclasses.replace(parse_args([]), **overrides)
+
+
+@pytest.mark.parametrize(
+    ("val_split", "text"),
+    [(0.1, "val0.1"), (0.0, "val0"), (0.25, "val0.25"), (0.2, "val0.2")],
+)
+def test_run_name_val(val_split: float, text: str) -> None:
+    assert f"_{text}_" in run_name(_cfg(val_split=val_split))
+
+
+def test_run_name_full() -> None:
+    cfg = _cfg(lr=1e-4, batch_size=32, epochs=8, val_split=0.0, seed=7)
+    assert run_name(cfg) == "lr1e-4_bs32_ep8_val0_seed7"
+
+
+def test_run_name_from_flags() -> None:
+    cfg = parse_args(["--lr", "2.5e-5", "--batch_size", "48", "--epochs", "10", "--seed", "1"])
+    assert run_name(cfg) == "lr2.5e-5_bs48_ep10_val0.1_seed1"
+
+
+def test_run_path_with_checkpoint_dir(tmp_path: Path) -> None:
+    cfg = parse_args(["--checkpoint_dir", str(tmp_path / "myrun")])
+    assert run_path(cfg) == tmp_path / "myrun"
+
+
+def test_run_path_without_checkpoint_dir() -> None:
+    cfg = _cfg(lr=3e-4)
+    assert run_path(cfg) == Path("../checkpoints") / "lr3e-4_bs96_ep16_val0.1_seed42"
+
+
+# -- args.json --------------------------------------------------------------------
+
+
+def test_to_json_round_trips() -> None:
+    cfg = parse_args(["--resize", "384x512", "--lr", "1e-4", "--checkpoint_dir", "x"])
+    d = cfg.to_json()
+    assert d["resize"] == "384x512"
+    text = json.dumps(d)  # must be JSON-serialisable as is
+    back = json.loads(text)
+    assert back == d
+    assert set(back) == {f.name for f in dataclasses.fields(TrainConfig)}
+    # The JSON values re-parse to the same config: resize via its HxW flag form.
+    restored = dict(back)
+    restored["resize"] = tuple(int(v) for v in back["resize"].split("x"))
+    assert TrainConfig(**restored) == cfg
+
+
+def test_to_json_does_not_mutate_config() -> None:
+    cfg = parse_args(["--resize", "256x320", "--patch_size", "200"])
+    cfg.to_json()
+    assert cfg.resize == (256, 320)

@@ -1,0 +1,364 @@
+"""The DALI loader against the Pillow loader, and its batching contract.
+
+Everything except the ``gpu`` tests runs on DALI's CPU backend. Images are tiny
+and the resize/patch sizes small (96x128, 64) so the file stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("nvidia.dali")
+
+from hyperiqa.errors import UserError
+from pipelines.batching import IMAGENET_MEAN, IMAGENET_STD, PatchBatch
+from pipelines.dali import DaliLoader
+from pipelines.factory import LoaderSettings, make_loader
+from pipelines.patches import PatchPlan, eval_plan, train_plan
+
+RESIZE = (96, 128)  # (H, W)
+PATCH = 64
+P = 6
+CPU = torch.device("cpu")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+# Measured DALI-CPU vs Pillow on these images (DALI 2.4, Pillow 13), de-normalised
+# patches in grey levels: mean abs diff 0.142 (train plan and eval plan), per image
+# 0.11-0.19 (0 for the image already at the target size), max 2 (train) / 1 (eval).
+# Decoding is bit-identical; the difference is the resampler's rounding. A crop
+# one pixel off or a missing mirror gives a mean of 10+ on these textured images.
+CPU_MEAN_TOL = 0.3
+CPU_PER_IMAGE_MEAN_TOL = 0.4
+CPU_MAX_TOL = 5.0
+# nvJPEG (even with fancy upsampling) vs libjpeg-turbo: IDCT and colour-conversion rounding.
+GPU_MEAN_TOL = 1.5
+
+
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Smooth colour waves plus noise: crops at different offsets look clearly different."""
+    y, x = np.mgrid[0:h, 0:w]
+    waves = np.stack(
+        [128 + 100 * np.sin(x / 13.0 + c) * np.cos(y / 19.0 - c) for c in range(3)], axis=-1
+    )
+    return np.clip(waves + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Eight images covering what a dataset may hold: modes, formats, sizes, EXIF rotation."""
+    root = tmp_path_factory.mktemp("dali_images")
+    rng = np.random.default_rng(1234)
+    paths = []
+
+    def save(name: str, img: Image.Image, **kw) -> None:
+        path = root / name
+        img.save(path, **kw)
+        paths.append(path)
+
+    save("rgb.jpg", Image.fromarray(_texture(rng, 150, 200)), quality=90)
+    save("large.jpg", Image.fromarray(_texture(rng, 300, 260)), quality=90)
+    save("gray.jpg", Image.fromarray(_texture(rng, 120, 160)[..., 0]), quality=90)
+    save("cmyk.jpg", Image.fromarray(_texture(rng, 200, 230)).convert("CMYK"), quality=90)
+    save("lossless.png", Image.fromarray(_texture(rng, 110, 170)))
+    save("small.jpg", Image.fromarray(_texture(rng, 60, 70)), quality=90)  # upscaled
+    rotated = Image.fromarray(_texture(rng, 140, 190))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    save("exif6.jpg", rotated, quality=90, exif=exif)
+    save("exact.jpg", Image.fromarray(_texture(rng, *RESIZE)), quality=90)  # no resize needed
+    return paths
+
+
+def _scores(n: int) -> list[float]:
+    return [10.0 + 3.5 * i for i in range(n)]
+
+
+def _settings(device: torch.device = CPU, **kw) -> LoaderSettings:
+    base = {"resize": RESIZE, "batch_size": 7, "device": device, "dali_threads": 2}
+    return LoaderSettings(**(base | kw))
+
+
+def _train(n: int, window: int = 3, epoch: int = 0) -> PatchPlan:
+    return train_plan(
+        n, seed=5, epoch=epoch, patches_per_image=P, patch_size=PATCH, resize=RESIZE, window=window
+    )
+
+
+def _eval(n: int, window: int = 3) -> PatchPlan:
+    return eval_plan(n, seed=5, patches_per_image=P, patch_size=PATCH, resize=RESIZE, window=window)
+
+
+def _grey_levels(x: torch.Tensor) -> torch.Tensor:
+    """Undo the ImageNet normalisation: back to 0-255 (float, on the CPU)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x.detach().float().cpu() * std + mean) * 255.0
+
+
+def _stream(batches: list[PatchBatch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All batches of an epoch joined: (grey-level patches, image_idx, scores), on the CPU."""
+    return (
+        torch.cat([_grey_levels(b.images) for b in batches]),
+        torch.cat([b.image_idx.cpu() for b in batches]),
+        torch.cat([b.scores.cpu() for b in batches]),
+    )
+
+
+def _run(loader, plan: PatchPlan) -> list[PatchBatch]:
+    return list(loader.batches(plan))
+
+
+@pytest.fixture(scope="module")
+def cpu_loader(images: list[Path]):
+    loader = DaliLoader(images, _scores(len(images)), _settings())
+    yield loader
+    loader.close()
+
+
+@pytest.fixture(scope="module")
+def pillow_loader(images: list[Path]):
+    loader = make_loader("pillow", images, _scores(len(images)), _settings())
+    yield loader
+    loader.close()
+
+
+# -- same patches as the Pillow loader -----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_cpu_patches_match_pillow(kind, images, cpu_loader, pillow_loader):
+    n = len(images)
+    plan = _train(n) if kind == "train" else _eval(n)
+    if kind == "train":
+        assert plan.flips.any() and not plan.flips.all()  # both mirrored and plain patches
+    dali_x, dali_idx, _ = _stream(_run(cpu_loader, plan))
+    ref_x, ref_idx, _ = _stream(_run(pillow_loader, plan))
+
+    assert torch.equal(dali_idx, ref_idx)  # same shuffle: patch i is the same planned patch
+    diff = (dali_x - ref_x).abs()
+    assert diff.mean() < CPU_MEAN_TOL, f"mean abs diff {diff.mean():.3f} grey levels"
+    assert diff.max() < CPU_MAX_TOL, f"max abs diff {diff.max():.3f} grey levels"
+    for i, path in enumerate(images):
+        per_image = diff[dali_idx == i].mean()
+        assert per_image < CPU_PER_IMAGE_MEAN_TOL, f"{path.name}: {per_image:.3f}"
+    # The image already at the target size goes through no resampling in either loader.
+    exact = images.index(next(p for p in images if p.name == "exact.jpg"))
+    assert diff[dali_idx == exact].max() < 1e-3
+
+
+# -- the batching contract -----------------------------------------------------------------
+
+
+def test_batches_shapes_scores_and_coverage(images, cpu_loader):
+    n = len(images)
+    plan = _train(n, window=3)  # windows of 3, 3, 2 images: the last one is smaller
+    assert [len(p) for p in plan.window_perms] == [3 * P, 3 * P, 2 * P]
+    batches = _run(cpu_loader, plan)
+
+    sizes = [b.images.shape[0] for b in batches]
+    batch_size = cpu_loader.settings.batch_size
+    # 7 does not divide a window's 18 patches: batches straddle windows.
+    assert sizes == [batch_size] * (n * P // batch_size) + [n * P % batch_size]
+    scores = torch.tensor(_scores(n))
+    for b in batches:
+        assert b.images.shape[1:] == (3, PATCH, PATCH)
+        assert b.images.dtype == torch.float32 and b.images.device.type == "cpu"
+        assert b.scores.dtype == torch.float32 and b.image_idx.dtype == torch.int64
+        assert b.scores.shape == b.image_idx.shape == (b.images.shape[0],)
+        assert torch.equal(b.scores, scores[b.image_idx])
+    counts = torch.bincount(torch.cat([b.image_idx for b in batches]), minlength=n)
+    assert counts.tolist() == [P] * n  # every image's P patches, each delivered once
+
+    # Exactly the planned patches: image-major within each window, then the window's shuffle.
+    expected_idx = np.concatenate(
+        [np.repeat(plan.order[rows], P)[perm] for rows, perm in plan.windows()]
+    )
+    assert torch.equal(torch.cat([b.image_idx for b in batches]), torch.from_numpy(expected_idx))
+    # No patch is delivered twice: all patches differ from each other.
+    flat = torch.cat([b.images for b in batches]).flatten(1)
+    assert torch.unique(flat, dim=0).shape[0] == n * P
+
+
+def test_window_larger_than_dataset_and_single_image_windows(images):
+    n = len(images)
+    loader = DaliLoader(images, _scores(n), _settings(batch_size=5))
+    try:
+        for window in (16, 1):  # one short window; then n one-image windows
+            batches = _run(loader, _eval(n, window=window))
+            idx = torch.cat([b.image_idx for b in batches])
+            assert torch.equal(idx, torch.arange(n).repeat_interleave(P))
+        assert len(loader._pipelines) == 2  # one pipeline per window size
+    finally:
+        loader.close()
+
+
+def test_float16_output(images, cpu_loader):
+    n = len(images)
+    loader = DaliLoader(images, _scores(n), _settings(dtype=torch.float16))
+    try:
+        plan = _eval(n)
+        half = _run(loader, plan)
+        assert all(b.images.dtype == torch.float16 for b in half)
+        assert all(b.scores.dtype == torch.float32 for b in half)
+        full = torch.cat([b.images for b in _run(cpu_loader, plan)])
+        # float16 keeps ~3 significant digits of values within about +-2.7.
+        assert (torch.cat([b.images for b in half]).float() - full).abs().max() < 5e-3
+    finally:
+        loader.close()
+
+
+def test_bfloat16_is_cast_on_the_torch_side(images):
+    loader = DaliLoader(images[:3], _scores(3), _settings(dtype=torch.bfloat16))
+    try:
+        batches = _run(loader, _eval(3))
+        assert all(b.images.dtype == torch.bfloat16 for b in batches)
+    finally:
+        loader.close()
+
+
+# -- determinism and reuse -----------------------------------------------------------------
+
+
+def test_two_epochs_same_plan_identical_and_pipeline_reused(images):
+    n = len(images)
+    loader = DaliLoader(images, _scores(n), _settings())
+    try:
+        plan = _train(n)
+        first = _run(loader, plan)
+        (pipe,) = loader._pipelines.values()
+        second = _run(loader, plan)
+        assert len(first) == len(second)
+        for a, b in zip(first, second, strict=True):
+            assert torch.equal(a.images, b.images)
+            assert torch.equal(a.image_idx, b.image_idx)
+        # A new epoch's plan (new order, crops, flips) runs on the same built pipeline.
+        other = _run(loader, _train(n, epoch=1))
+        assert sum(b.images.shape[0] for b in other) == n * P
+        assert list(loader._pipelines.values()) == [pipe]
+    finally:
+        loader.close()
+
+
+def test_abandoned_epoch_leaves_no_stale_windows(images, cpu_loader):
+    n = len(images)
+    plan = _train(n, window=2)  # 4 windows: several are decoded ahead when we stop
+    reference = _stream(_run(cpu_loader, plan))
+    for stop_after in (1, 4):
+        it = cpu_loader.batches(plan)
+        for _ in range(stop_after):
+            next(it)
+        it.close()  # what a `break` out of the training loop does
+        again = _stream(_run(cpu_loader, plan))
+        assert torch.equal(again[0], reference[0]) and torch.equal(again[1], reference[1])
+
+
+def test_close_in_the_middle_of_an_epoch(images):
+    loader = DaliLoader(images, _scores(len(images)), _settings())
+    it = loader.batches(_train(len(images), window=2))
+    next(it)
+    loader.close()
+    it.close()  # the suspended epoch finds its pipeline gone and ends quietly
+    assert loader._pipelines == {}
+
+
+def test_factory_builds_dali_loader(images):
+    loader = make_loader("dali", images[:2], _scores(2), _settings())
+    try:
+        assert isinstance(loader, DaliLoader) and loader.name == "dali"
+    finally:
+        loader.close()
+
+
+# -- bad files -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_an_image"])
+def test_corrupt_file_raises_user_error_naming_it(damage, images, tmp_path):
+    good = images[0].read_bytes()
+    bad = tmp_path / f"{damage}.jpg"
+    bad.write_bytes(good[:1500] if damage == "truncated" else b"definitely not a JPEG " * 20)
+    paths = [*images[:4], bad, *images[4:6]]
+    loader = DaliLoader(paths, _scores(len(paths)), _settings())
+    try:
+        with pytest.raises(UserError, match=re.escape(bad.name)):
+            _run(loader, _eval(len(paths), window=2))
+        # The dead pipeline is replaced: a plan without the bad image works again.
+        fine = _run(loader, _eval(4, window=2))
+        assert sum(b.images.shape[0] for b in fine) == 4 * P
+    finally:
+        loader.close()
+
+
+def test_missing_file_raises_user_error(images, tmp_path):
+    paths = [*images[:2], tmp_path / "gone.jpg"]
+    loader = DaliLoader(paths, _scores(3), _settings())
+    try:
+        with pytest.raises(UserError, match=re.escape("gone.jpg")):
+            _run(loader, _eval(3))
+    finally:
+        loader.close()
+
+
+def test_plan_for_another_resize_is_rejected(images, cpu_loader):
+    plan = train_plan(
+        2, seed=0, epoch=0, patches_per_image=P, patch_size=PATCH, resize=(200, 200), window=2
+    )
+    plan = PatchPlan(
+        plan.order,
+        plan.tops + 100,  # certainly outside a 96-high image
+        plan.lefts,
+        plan.flips,
+        plan.window,
+        plan.window_perms,
+        PATCH,
+    )
+    with pytest.raises(ValueError, match="outside"):
+        _run(cpu_loader, plan)
+
+
+# -- GPU (mixed decoder) -------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_batches_on_cuda(images):
+    n = len(images)
+    cuda = torch.device("cuda")
+    loader = DaliLoader(images, _scores(n), _settings(cuda, dtype=torch.float16))
+    try:
+        batches = _run(loader, _train(n))
+        for b in batches:
+            assert b.images.device.type == b.scores.device.type == b.image_idx.device.type == "cuda"
+            assert b.images.dtype == torch.float16
+            assert torch.equal(b.scores, loader.scores[b.image_idx])
+        assert sum(b.images.shape[0] for b in batches) == n * P
+    finally:
+        loader.close()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_gpu_patches_match_cpu(kind, images, cpu_loader):
+    n = len(images)
+    plan = _train(n) if kind == "train" else _eval(n)
+    loader = DaliLoader(images, _scores(n), _settings(torch.device("cuda")))
+    try:
+        gpu_x, gpu_idx, _ = _stream(_run(loader, plan))
+        # Twice, to check determinism and pipeline reuse on the GPU too.
+        again_x, _, _ = _stream(_run(loader, plan))
+    finally:
+        loader.close()
+    cpu_x, cpu_idx, _ = _stream(_run(cpu_loader, plan))
+    assert torch.equal(gpu_idx, cpu_idx)
+    diff = (gpu_x - cpu_x).abs()
+    assert diff.mean() < GPU_MEAN_TOL, f"mean abs diff {diff.mean():.3f} grey levels"
+    for i, path in enumerate(images):
+        assert diff[gpu_idx == i].mean() < 2 * GPU_MEAN_TOL, path.name
+    assert torch.equal(gpu_x, again_x)
