@@ -246,19 +246,11 @@ def test_demo_keeps_non_demo_flags() -> None:
     assert cfg.dataset_root == DEMO_DEFAULTS["dataset_root"]
 
 
-@pytest.mark.xfail(
-    reason="bug: argparse accepts the abbreviation --epoch for --epochs, but "
-    "_explicit_flags only sees full option strings, so --demo silently overrides it",
-    strict=False,
-)
-def test_demo_abbreviated_flag_is_honoured_or_rejected() -> None:
-    # Either the abbreviation is refused (allow_abbrev=False) or it wins over the demo.
-    try:
-        cfg = parse_args(["--demo", "--epoch", "3"])
-    except SystemExit as e:
-        assert e.code == 2
-    else:
-        assert cfg.epochs == 3
+def test_abbreviated_flags_are_refused() -> None:
+    # --demo must know which flags were typed; an abbreviation would slip past it.
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--demo", "--epoch", "3"])
+    assert exc.value.code == 2
 
 
 # -- naming ---------------------------------------------------------------------
