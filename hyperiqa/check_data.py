@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -23,8 +24,10 @@ from tqdm import tqdm
 from hyperiqa.data import load_samples
 from hyperiqa.errors import UserError
 
-# Formats both loaders decode (DALI's image decoder and Pillow).
-USABLE_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM"}
+# Formats both loaders decode (DALI's image decoder and Pillow). Pillow calls a
+# camera JPEG with a multi-picture (MPO) extension "MPO"; it is a JPEG to DALI.
+USABLE_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "PPM"}
+JPEG_FORMATS = {"JPEG", "MPO"}
 
 
 def check_image(path: str | Path) -> str | None:
@@ -36,7 +39,7 @@ def check_image(path: str | Path) -> str | None:
             with Image.open(path) as img:
                 if img.format not in USABLE_FORMATS:
                     return f"unsupported format {img.format}"
-                if img.format == "JPEG":
+                if img.format in JPEG_FORMATS:
                     # Decoding at 1/8 scale still reads every coefficient, so a
                     # truncated or corrupt stream is caught at a fraction of the cost.
                     img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
@@ -50,12 +53,19 @@ def check_image(path: str | Path) -> str | None:
     return None
 
 
+def _ignore_interrupt() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def find_problems(
     paths: Sequence[Path], workers: int = 0, progress: bool = False
 ) -> list[tuple[Path, str]]:
     """(path, reason) for every unusable image, in input order."""
     if workers > 1 and len(paths) > 64:
-        with ProcessPoolExecutor(workers) as pool:
+        # Workers ignore Ctrl-C: the main process alone reports it, without a
+        # traceback from every worker.
+        pool = ProcessPoolExecutor(workers, initializer=_ignore_interrupt)
+        try:
             reasons = list(
                 tqdm(
                     pool.map(check_image, paths, chunksize=16),
@@ -65,6 +75,9 @@ def find_problems(
                     leave=False,
                 )
             )
+        finally:
+            # After Ctrl-C, drop the queued checks rather than wait for all of them.
+            pool.shutdown(cancel_futures=True)
     else:
         it = tqdm(paths, desc="checking images", disable=not progress, leave=False)
         reasons = [check_image(p) for p in it]
@@ -99,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"check_data: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("check_data: interrupted", file=sys.stderr)
+        return 130  # the shell's convention for "stopped by a signal"
     if problems:
         print(problems_message(problems, len(paths), shown=len(problems)), file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,10 +39,36 @@ def epoch_checkpoint(epoch: int) -> str:
     return f"epoch_{epoch}.pkl"
 
 
+def _is_run_file(name: str) -> bool:
+    return name in (*RUN_MARKERS, LOG) or (name.startswith("epoch_") and name.endswith(".pkl"))
+
+
+def _is_temp_of_run_file(name: str) -> bool:
+    """``.best_model.pkl.x1y2.tmp``: what ``_atomic_write`` names its temp files."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    stem = name[1:].rsplit(".", 2)[0]  # drop the random part and ".tmp"
+    return _is_run_file(stem)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     tmp_name = None
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # mkstemp makes the file private (0600); a run's files should be as
+        # readable as any other the user writes (a shared group reads checkpoints).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -61,8 +88,20 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _atomic_write(path, lambda f: f.write(data))
 
 
+def _torch_save(obj: Any, f: IO[bytes]) -> None:
+    try:
+        torch.save(obj, f)
+    except RuntimeError as e:
+        # On a full disk the file's write raises OSError, and torch's zip writer,
+        # closing on the way out, buries it under a RuntimeError ("unexpected
+        # pos ..."). The OSError is the one that says what happened.
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
+
+
 def save_torch_atomic(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    _atomic_write(path, lambda f: _torch_save(obj, f))
 
 
 class RunDir:
@@ -96,9 +135,13 @@ class RunDir:
     def clear_previous_run(self) -> None:
         """Remove an earlier run's files; called only once a new run has started cleanly."""
         for f in self.path.iterdir():
-            if f.name in (*RUN_MARKERS, LOG) or (
-                f.name.startswith("epoch_") and f.suffix == ".pkl"
-            ):
+            if _is_run_file(f.name) or _is_temp_of_run_file(f.name):
+                f.unlink()
+
+    def remove_stale_temps(self) -> None:
+        """Remove half-written temp files: a kill mid-write skips their cleanup."""
+        for f in self.path.iterdir():
+            if _is_temp_of_run_file(f.name):
                 f.unlink()
 
     def write_json(self, name: str, obj: Any) -> None:
@@ -138,20 +181,33 @@ def run_logger(
         def emit(self, record: logging.LogRecord) -> None:
             echo(self.format(record))
 
-    console = _Echo()
-    console.setFormatter(fmt)
-    logger.addHandler(console)
+    class _LogFile(logging.FileHandler):
+        # logging's default prints a traceback and carries on; a log line that
+        # cannot be written (full disk) should stop the run like any failed write.
+        def handleError(self, record: logging.LogRecord) -> None:
+            err = sys.exc_info()[1]
+            reason = getattr(err, "strerror", None) or err
+            raise WriteError(f"could not write {self.baseFilename}: {reason}")
+
+    # Open the file first: if that fails, no handler is left on the logger.
     file_handler = None
     if log_path is not None:
         try:
-            file_handler = logging.FileHandler(log_path, encoding="utf-8")
+            file_handler = _LogFile(log_path, encoding="utf-8")
         except OSError as e:
             raise WriteError(f"could not open {log_path}: {e.strerror or e}") from None
         file_handler.setFormatter(fmt)
+    console = _Echo()
+    console.setFormatter(fmt)
+    logger.addHandler(console)
+    if file_handler is not None:
         logger.addHandler(file_handler)
     try:
         yield logger
     finally:
         for h in list(logger.handlers):
-            h.close()
             logger.removeHandler(h)
+            # Closing flushes: on a full disk that fails again, and must not
+            # hide the error that is already on its way out.
+            with contextlib.suppress(OSError):
+                h.close()

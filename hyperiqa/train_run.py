@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from hyperiqa.config import DEMO_ROOT, TrainConfig, format_resize, run_path
 from hyperiqa.data import Sample, load_samples, split_samples
 from hyperiqa.errors import UserError
 from hyperiqa.model import ModelLoadError, build_model
-from hyperiqa.run_dir import ARGS, LOG, METRICS, RESUME, RunDir, run_logger
+from hyperiqa.run_dir import ARGS, LOG, METRICS, RESUME, RunDir, WriteError, run_logger
 from hyperiqa.trainer import Interrupted, TrainData, Trainer
 from pipelines.factory import LoaderSettings, make_loader, resolve_loader
 from pipelines.patches import eval_plan, train_plan
@@ -161,12 +162,13 @@ def split_data(
     )
     if not val_samples:
         return train, None
-    fixed_val_plan = eval_plan(n_val, seed=cfg.seed, patches_per_image=cfg.val_patch_num, **common)
+    fixed_val_plan = eval_plan(n_val, patches_per_image=cfg.val_patch_num, **common)
     return train, data(val_samples, lambda _epoch: fixed_val_plan)
 
 
-def resume_command(run: RunDir) -> str:
-    argv = [a for a in sys.argv[1:] if a != "--overwrite"]
+def resume_command(run: RunDir, argv: Sequence[str]) -> str:
+    """The command that continues this run: the same flags, with --resume."""
+    argv = [a for a in argv if a != "--overwrite"]
     if "--resume" not in argv:
         argv.append("--resume")
     if "--checkpoint_dir" not in " ".join(argv):
@@ -174,8 +176,23 @@ def resume_command(run: RunDir) -> str:
     return shlex.join(["python", "train.py", *argv])
 
 
-def run_training(cfg: TrainConfig) -> Path:
-    """Train as ``cfg`` says; returns the run folder. Raises ``UserError`` for bad input."""
+def load_saved_state(run: RunDir, device: torch.device) -> dict:
+    path = run.file(RESUME)
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # written atomically, so only a damaged disk or a foreign file gets here
+        raise UserError(
+            f"--resume: cannot read {path} ({type(e).__name__}: {e}); "
+            "start the run again with --overwrite"
+        ) from None
+
+
+def run_training(cfg: TrainConfig, argv: Sequence[str] | None = None) -> Path:
+    """Train as ``cfg`` says; returns the run folder. Raises ``UserError`` for bad input.
+
+    ``argv`` (default ``sys.argv[1:]``) is what the printed resume command repeats.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     echo = tqdm.write if cfg.progress else print
     notes = [ensure_demo_dataset(cfg)]
     cfg, device, resolve_notes = resolve(cfg)
@@ -191,7 +208,8 @@ def run_training(cfg: TrainConfig) -> Path:
     # Everything is in place: now the folder may change.
     saved_state = None
     if cfg.resume and run.file(RESUME).is_file():
-        saved_state = torch.load(run.file(RESUME), map_location=device, weights_only=False)
+        saved_state = load_saved_state(run, device)
+        run.remove_stale_temps()  # a kill mid-write leaves its temp file behind
     elif cfg.overwrite or cfg.resume:
         run.clear_previous_run()  # resume without a saved epoch: nothing to keep
     run.write_json(ARGS, cfg.to_json())
@@ -214,9 +232,17 @@ def run_training(cfg: TrainConfig) -> Path:
             state = trainer.fit()
         except Interrupted:
             log.info(
-                f"stopped after epoch {trainer.state.epoch}; resume with: {resume_command(run)}"
+                f"stopped after epoch {trainer.state.epoch}; "
+                f"resume with: {resume_command(run, argv)}"
             )
             raise
+        except WriteError as e:
+            # Every file is replaced atomically, so the earlier versions are
+            # whole: say how to carry on once the disk is fixed.
+            raise WriteError(
+                f"{e}; the files written before are intact; once fixed, "
+                f"resume with: {resume_command(run, argv)}"
+            ) from None
         finally:
             train.loader.close()
             if val:

@@ -10,6 +10,7 @@ read once per epoch (and every few dozen steps for the progress bar).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -223,7 +224,28 @@ class Trainer:
         self.state = RunState(epoch=saved["epoch"], best=saved["best"], epochs=saved["epochs"])
 
     def _on_signal(self, signum: int, _frame: object) -> None:
+        if self._stop_signal is not None:
+            # Asked twice: stop now. That is as safe as a kill (every file is
+            # replaced atomically), and the resume command still gets printed.
+            raise Interrupted
         self._stop_signal = signum
+        # Say so at once: the step, or a whole validation pass, may take a while.
+        # os.write, not print: a handler can run in the middle of a print.
+        name = signal.Signals(signum).name
+        os.write(2, f"\n{name}: stopping at the next safe point (again to stop now)\n".encode())
+
+    def _run_epoch(self, epoch: int) -> dict:
+        try:
+            row = self.train_epoch(epoch)
+            row.update(self.validate())
+        except Exception:
+            # Ctrl-C reaches the whole process group. A decode worker still
+            # starting up (spawn/forkserver: before it could ignore the signal)
+            # dies of it, and the loader then fails; the stop is the real story.
+            if self._stop_signal is not None:
+                raise Interrupted from None
+            raise
+        return row
 
     def fit(self) -> RunState:
         """Train the remaining epochs. Raises ``Interrupted`` after SIGINT/SIGTERM,
@@ -233,8 +255,7 @@ class Trainer:
         try:
             for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
                 start = time.perf_counter()
-                row = self.train_epoch(epoch)
-                row.update(self.validate())
+                row = self._run_epoch(epoch)
                 row["epoch_seconds"] = round(time.perf_counter() - start, 3)
                 self._record(row)
                 self.log.info(format_epoch(row, cfg.epochs))

@@ -8,6 +8,7 @@ conversion and ImageNet normalisation happen per batch on the target device.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
+from hyperiqa.errors import UserError
 from pipelines.batching import PatchBatch, normalize_uint8, shuffle_into_batches
 from pipelines.patches import PatchPlan
 
@@ -54,6 +56,15 @@ def cut_patches(
     return out
 
 
+CHECK_HINT = "python -m hyperiqa.check_data lists every unusable image"
+
+
+def _patches_or_raise(item: torch.Tensor | str) -> torch.Tensor:
+    if isinstance(item, str):
+        raise UserError(item)
+    return item
+
+
 class _PlannedPatches(Dataset):
     """Item i: the uint8 patches of the i-th image of a plan (in plan order)."""
 
@@ -63,13 +74,33 @@ class _PlannedPatches(Dataset):
     def __len__(self) -> int:
         return self.plan.num_images
 
-    def __getitem__(self, row: int) -> torch.Tensor:
+    def __getitem__(self, row: int) -> torch.Tensor | str:
         plan = self.plan
-        image = load_resized(self.paths[plan.order[row]], self.resize)
+        path = self.paths[plan.order[row]]
+        try:
+            image = load_resized(path, self.resize)
+        except FileNotFoundError:
+            return f"image file not found: {path}; {CHECK_HINT}"
+        except Exception as e:  # Pillow raises many types for bad data; all mean "unusable"
+            # Returned, not raised: an exception leaves a worker as a traceback
+            # dump, and a bad file (say, one checked with --skip_check) deserves one line.
+            return f"cannot decode {path} ({type(e).__name__}: {e}); {CHECK_HINT}"
         patches = cut_patches(
             image, plan.tops[row], plan.lefts[row], plan.flips[row], plan.patch_size
         )
         return torch.from_numpy(patches)
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """Decode workers leave Ctrl-C and SIGTERM to the main process.
+
+    A terminal's Ctrl-C reaches the whole process group (a cluster's SIGTERM
+    often does too). A worker that died of it would make the main process fail
+    with "worker exited unexpectedly" instead of stopping at its next safe
+    point; the main process shuts its workers down itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class PillowLoader:
@@ -101,13 +132,15 @@ class PillowLoader:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if self.num_workers else None,
+            worker_init_fn=ignore_stop_signals,
         )
         it = iter(images)
         for rows, _ in plan.windows():
             # Copy each image's patches to the device as it arrives (pinned, async),
             # so the window is assembled on the device rather than in host memory.
             parts = [
-                next(it).to(self.device, non_blocking=True) for _ in range(rows.stop - rows.start)
+                _patches_or_raise(next(it)).to(self.device, non_blocking=True)
+                for _ in range(rows.stop - rows.start)
             ]
             yield torch.cat(parts)
 
