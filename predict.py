@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hyperiqa.check_data import find_problems, problems_message
-from hyperiqa.config import non_negative_int, positive_int, resize_type
 from hyperiqa.errors import UserError, report
-from hyperiqa.scoring import load_checkpoint, resolve_inference, score_images
+from hyperiqa.scoring import add_scoring_flags, parse_scoring_args, score_with_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,15 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to score")
-    p.add_argument("--checkpoint", required=True, help="HyperNet state_dict (best_model.pkl)")
-    p.add_argument("--patch_num", type=positive_int, default=25, help="crops averaged per image")
-    p.add_argument("--patch_size", type=positive_int, default=224)
-    p.add_argument("--resize", type=resize_type, default=(384, 512), help="HxW, as in training")
-    p.add_argument("--batch_size", type=positive_int, default=96, help="patches per forward pass")
-    p.add_argument("--loader", choices=["auto", "pillow", "dali"], default="auto")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    p.add_argument("--num_workers", type=non_negative_int, default=0)
     p.add_argument("--json", action="store_true", help='print a JSON list of {"image", "score"}')
+    add_scoring_flags(p)
     return p
 
 
@@ -46,28 +38,12 @@ def predict(args: argparse.Namespace) -> list[tuple[str, float]]:
     problems = find_problems(paths)
     if problems:
         raise UserError(problems_message(problems, len(paths)))
-    loader, device, note = resolve_inference(args.loader, args.device)
-    print(note, file=sys.stderr)
-    model = load_checkpoint(args.checkpoint, device)
-    scores = score_images(
-        model,
-        paths,
-        loader=loader,
-        device=device,
-        patch_num=args.patch_num,
-        patch_size=args.patch_size,
-        resize=args.resize,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-    )
+    scores = score_with_flags(args, paths)
     return [(str(p), float(s)) for p, s in zip(args.images, scores, strict=True)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.patch_size > min(args.resize):
-        parser.error(f"argument --patch_size: {args.patch_size} does not fit in --resize")
+    args = parse_scoring_args(build_parser(), argv)
     try:
         results = predict(args)
     except UserError as e:

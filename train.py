@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from hyperiqa.config import parse_args
+from hyperiqa.distributed import shutdown as shutdown_distributed
 from hyperiqa.errors import UserError, report
 from hyperiqa.train_run import run_training
 from hyperiqa.trainer import Interrupted
@@ -29,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # model build): no epoch ran in this session, so there is nothing new to keep.
         print("train.py: interrupted during setup, before any epoch ran", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        shutdown_distributed()  # a no-op without torchrun
     return 0
 
 

@@ -47,6 +47,8 @@ class TrainConfig:
     dali_threads: int
     dali_hw_decoder_load: float
     dali_prefetch: int
+    # Not a flag: how many processes train together (torchrun), recorded in args.json.
+    world_size: int = 1
 
     def to_json(self) -> dict:
         d = asdict(self)

@@ -48,6 +48,30 @@ def patch_predictions(
 
 
 @torch.inference_mode()
+def predict_patches(
+    model: torch.nn.Module,
+    loader: PatchLoader,
+    plan: PatchPlan,
+    *,
+    amp: str | None = None,
+    channels_last: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, image index) of every patch of ``plan``, in eval mode, on the host."""
+    was_training = model.training
+    model.eval()
+    preds, idx = [], []
+    try:
+        for p, i in patch_predictions(model, loader, plan, amp=amp, channels_last=channels_last):
+            preds.append(p)
+            idx.append(i)
+    finally:
+        model.train(was_training)
+    if not preds:  # an empty shard of a distributed run
+        return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
+    # One device-to-host copy for the whole pass, not one per batch.
+    return torch.cat(preds).cpu().numpy().astype(np.float64), torch.cat(idx).cpu().numpy()
+
+
 def predict_images(
     model: torch.nn.Module,
     loader: PatchLoader,
@@ -58,16 +82,5 @@ def predict_images(
     channels_last: bool = False,
 ) -> np.ndarray:
     """Per-image scores (mean over each image's patches), indexed like the loader's images."""
-    was_training = model.training
-    model.eval()
-    preds, idx = [], []
-    try:
-        for p, i in patch_predictions(model, loader, plan, amp=amp, channels_last=channels_last):
-            preds.append(p)
-            idx.append(i)
-    finally:
-        model.train(was_training)
-    # One device-to-host copy for the whole pass, not one per batch.
-    pred = torch.cat(preds).cpu().numpy().astype(np.float64)
-    image_idx = torch.cat(idx).cpu().numpy()
+    pred, image_idx = predict_patches(model, loader, plan, amp=amp, channels_last=channels_last)
     return per_image_mean(pred, image_idx, num_images)

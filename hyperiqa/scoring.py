@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hyperiqa.config import non_negative_int, positive_int, resize_type
 from hyperiqa.errors import UserError
 from hyperiqa.inference import predict_images
 from hyperiqa.model import HyperNet, ModelLoadError, build_model
@@ -72,3 +75,43 @@ def score_images(
         )
     finally:
         patch_loader.close()
+
+
+def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags evaluate.py and predict.py share: checkpoint, crops, hardware."""
+    p = parser
+    p.add_argument("--checkpoint", required=True, help="HyperNet state_dict (best_model.pkl)")
+    p.add_argument("--patch_num", type=positive_int, default=25, help="crops averaged per image")
+    p.add_argument("--patch_size", type=positive_int, default=224)
+    p.add_argument("--resize", type=resize_type, default=(384, 512), help="HxW, as in training")
+    p.add_argument("--batch_size", type=positive_int, default=96, help="patches per forward pass")
+    p.add_argument("--loader", choices=["auto", "pillow", "dali"], default="auto")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--num_workers", type=non_negative_int, default=0)
+
+
+def parse_scoring_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.patch_size > min(args.resize):
+        parser.error(f"argument --patch_size: {args.patch_size} does not fit in --resize")
+    return args
+
+
+def score_with_flags(args: argparse.Namespace, paths: Sequence[Path]) -> np.ndarray:
+    """Load ``args.checkpoint`` and score ``paths`` as the shared flags say."""
+    loader, device, note = resolve_inference(args.loader, args.device)
+    print(note, file=sys.stderr)
+    model = load_checkpoint(args.checkpoint, device)
+    return score_images(
+        model,
+        paths,
+        loader=loader,
+        device=device,
+        patch_num=args.patch_num,
+        patch_size=args.patch_size,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )

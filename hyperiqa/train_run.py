@@ -9,7 +9,6 @@ or continued (--resume).
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -22,11 +21,18 @@ from tqdm import tqdm
 from hyperiqa.check_data import check_dataset
 from hyperiqa.config import DEMO_ROOT, TrainConfig, format_resize, run_path
 from hyperiqa.data import Sample, load_samples, split_samples
+from hyperiqa.distributed import (
+    DistInfo,
+    barrier,
+    init_distributed,
+    per_rank_batch,
+    run_on_main,
+)
 from hyperiqa.errors import UserError
 from hyperiqa.model import ModelLoadError, build_model
 from hyperiqa.run_dir import ARGS, LOG, METRICS, RESUME, RunDir, WriteError, run_logger
 from hyperiqa.trainer import Interrupted, TrainData, Trainer
-from pipelines.factory import LoaderSettings, make_loader, resolve_loader
+from pipelines.factory import LoaderSettings, default_workers, make_loader, resolve_loader
 from pipelines.patches import eval_plan, train_plan
 
 # Flags that change how fast a run goes, not what it computes: a resume may change them.
@@ -53,19 +59,21 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def default_workers(device: torch.device) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
-    # On a GPU the CPU only decodes: use the cores. On the CPU the model needs
-    # them too, and decoding once per image is cheap next to ResNet-50.
-    return min(cores, 8) if device.type == "cuda" else (1 if cores > 1 else 0)
+def resolve(
+    cfg: TrainConfig, dist: DistInfo | None = None
+) -> tuple[TrainConfig, torch.device, list[str]]:
+    """Turn auto values into the ones used; returns notes to log.
 
-
-def resolve(cfg: TrainConfig) -> tuple[TrainConfig, torch.device, list[str]]:
-    """Turn auto values into the ones used; returns notes to log."""
+    With torchrun (``dist``), each rank uses the GPU of its local rank and
+    ``--batch_size`` stays the global batch, split evenly over the ranks.
+    """
+    dist = dist or DistInfo()
     device = resolve_device(cfg.device)
     if device.type != "cuda" and cfg.amp in ("bf16", "fp16"):
         raise UserError(f"--amp {cfg.amp} needs CUDA; on the CPU training runs in fp32")
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+    per_rank_batch(cfg.batch_size, dist)  # refuse a batch that does not divide
     loader, loader_note = resolve_loader(cfg.loader, device)
     resolved = dataclasses.replace(
         cfg,
@@ -75,8 +83,15 @@ def resolve(cfg: TrainConfig) -> tuple[TrainConfig, torch.device, list[str]]:
         num_workers=default_workers(device) if cfg.num_workers is None else cfg.num_workers,
         shuffle_window=cfg.shuffle_window or cfg.batch_size,
         channels_last=cfg.channels_last and device.type == "cuda",
+        world_size=dist.world_size,
     )
-    return resolved, device, [f"device: {device}", loader_note]
+    notes = [f"device: {device}", loader_note]
+    if dist.enabled:
+        notes.append(
+            f"distributed: {dist.world_size} processes, "
+            f"{cfg.batch_size // dist.world_size} patches per process and step"
+        )
+    return resolved, device, notes
 
 
 def ensure_demo_dataset(cfg: TrainConfig) -> str | None:
@@ -136,7 +151,7 @@ def split_data(
     train_samples, val_samples = split_samples(samples, cfg.val_split, cfg.seed)
     settings = LoaderSettings(
         resize=cfg.resize,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.batch_size // cfg.world_size,
         device=device,
         num_workers=cfg.num_workers,
         dtype=torch.float16 if cfg.device == "cuda" else torch.float32,
@@ -193,29 +208,38 @@ def run_training(cfg: TrainConfig, argv: Sequence[str] | None = None) -> Path:
     ``argv`` (default ``sys.argv[1:]``) is what the printed resume command repeats.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    echo = tqdm.write if cfg.progress else print
-    notes = [ensure_demo_dataset(cfg)]
-    cfg, device, resolve_notes = resolve(cfg)
+    dist = init_distributed("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    notes = [run_on_main(dist, lambda: ensure_demo_dataset(cfg))]
+    cfg, device, resolve_notes = resolve(cfg, dist)
     notes += resolve_notes
     samples = load_samples(cfg.train_json, cfg.dataset_root)
     run = open_run_dir(cfg)
     if not cfg.skip_check:
-        check_dataset([s.path for s in samples], workers=cfg.num_workers, progress=cfg.progress)
+        paths = [s.path for s in samples]
+        run_on_main(
+            dist, lambda: check_dataset(paths, workers=cfg.num_workers, progress=cfg.progress)
+        )
     model, model_note = build_model_for(cfg, device)
     notes.append(model_note)
     train, val = split_data(cfg, device, samples)
-
-    # Everything is in place: now the folder may change.
     saved_state = None
     if cfg.resume and run.file(RESUME).is_file():
         saved_state = load_saved_state(run, device)
-        run.remove_stale_temps()  # a kill mid-write leaves its temp file behind
-    elif cfg.overwrite or cfg.resume:
-        run.clear_previous_run()  # resume without a saved epoch: nothing to keep
-    run.write_json(ARGS, cfg.to_json())
 
-    with run_logger(run.file(LOG), echo=echo) as log:
-        trainer = Trainer(cfg, model, train, val, run, log, device)
+    # Everything is in place: now the folder may change (rank 0 alone writes,
+    # once every rank has looked at the folder as it was).
+    barrier(dist)
+    if dist.is_main:
+        if saved_state is not None:
+            run.remove_stale_temps()  # a kill mid-write leaves its temp file behind
+        elif cfg.overwrite or cfg.resume:
+            run.clear_previous_run()  # resume without a saved epoch: nothing to keep
+        run.write_json(ARGS, cfg.to_json())
+
+    echo = (tqdm.write if cfg.progress else print) if dist.is_main else (lambda _line: None)
+    log_file = run.file(LOG) if dist.is_main else None
+    with run_logger(log_file, echo=echo) as log:
+        trainer = Trainer(cfg, model, train, val, run if dist.is_main else None, log, device, dist)
         if saved_state is not None:
             trainer.load_resume_state(saved_state)
             log.info(f"resuming {run.path} after epoch {trainer.state.epoch}")

@@ -9,22 +9,28 @@ read once per epoch (and every few dozen steps for the progress bar).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.distributed.algorithms.join import Join
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from hyperiqa.config import TrainConfig
-from hyperiqa.inference import autocast, predict_images, prepare_input
+from hyperiqa.distributed import DistInfo, any_rank, gather_arrays
+from hyperiqa.inference import autocast, predict_patches, prepare_input
 from hyperiqa.metrics import format_metric as fmt
-from hyperiqa.metrics import plcc, srcc
+from hyperiqa.metrics import per_image_mean, plcc, srcc
 from hyperiqa.model import HyperNet, param_groups
 from hyperiqa.run_dir import BEST, METRICS, RESUME, RunDir, epoch_checkpoint
 from hyperiqa.schedule import learning_rates
@@ -32,6 +38,10 @@ from pipelines.batching import PatchLoader
 from pipelines.patches import PatchPlan
 
 PROGRESS_EVERY = 20  # steps between progress-bar updates (each one reads the loss: a sync)
+
+# Tests set this to a folder to get each rank's patch order per epoch
+# (rank{r}_epoch{e}.npy: image index of every patch trained on).
+TRACE_PATCHES_ENV = "HYPERIQA_TRACE_PATCHES"
 
 
 class Interrupted(Exception):
@@ -62,6 +72,39 @@ def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+class TrainStep:
+    """One optimisation step: autocast forward, L1 on raw scores, backward, Adam.
+
+    Shared by the trainer and the benchmark, so the benchmark times the real step.
+    """
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        amp: str | None,
+        channels_last: bool,
+    ) -> None:
+        self.net, self.optimizer, self.device = net, optimizer, device
+        self.amp, self.channels_last = amp, channels_last
+        # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+
+    def __call__(
+        self, images: torch.Tensor, scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (predictions, loss), detached and still on the device: no host sync."""
+        with autocast(self.device, self.amp):
+            pred = self.net(prepare_input(images, self.channels_last))
+        loss = F.l1_loss(pred.float(), scores)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return pred.detach().float(), loss.detach()
+
+
 @dataclass
 class TrainData:
     """One split as the trainer sees it: a loader, its image count and the plan maker."""
@@ -82,73 +125,109 @@ class RunState:
 
 
 class Trainer:
+    """Trains ``model``; with torchrun, one Trainer per rank, each on its shard.
+
+    ``run`` is None on ranks other than 0: they compute everything (the
+    gathered metrics too, so every rank takes the same decisions) but write
+    nothing.
+    """
+
     def __init__(
         self,
         cfg: TrainConfig,
         model: HyperNet,
         train: TrainData,
         val: TrainData | None,
-        run: RunDir,
+        run: RunDir | None,
         log: logging.Logger,
         device: torch.device,
+        dist: DistInfo | None = None,
     ) -> None:
         self.cfg, self.model, self.train, self.val = cfg, model, train, val
         self.run, self.log, self.device = run, log, device
+        self.dist = dist or DistInfo()
+        # DDP averages gradients over ranks during backward; ``self.model`` stays
+        # the plain module for evaluation and for state_dicts without "module.".
+        self.net: torch.nn.Module = model
+        if self.dist.enabled:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.net = DistributedDataParallel(model, device_ids=device_ids)
         self.amp = cfg.amp if device.type == "cuda" else None
         self.channels_last = cfg.channels_last and device.type == "cuda"
         self.optimizer = make_optimizer(model, cfg)
-        # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and does not.
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.step = TrainStep(self.net, self.optimizer, device, self.amp, self.channels_last)
         self.state = RunState()
         self._stop_signal: int | None = None
 
     # -- one epoch -------------------------------------------------------------
 
+    def _safe_steps(self, full_plan: PatchPlan, batch_size: int) -> int:
+        """Steps every rank takes this epoch. Ranks may get a batch more or less
+        (whole windows are sharded); DDP's Join covers the uneven tail, and a
+        stop is only agreed on (a collective) within the steps all ranks take."""
+        if not self.dist.enabled:
+            return math.inf
+        ws = self.dist.world_size
+        return min(math.ceil(full_plan.shard(r, ws).num_patches / batch_size) for r in range(ws))
+
+    def _should_stop(self, step: int, safe_steps: float) -> bool:
+        if not self.dist.enabled:
+            return self._stop_signal is not None
+        if step % PROGRESS_EVERY or step > safe_steps:
+            return False
+        return any_rank(self._stop_signal is not None, self.dist, self.device)
+
     def train_epoch(self, epoch: int) -> dict:
-        cfg, model = self.cfg, self.model
+        cfg, model, dist = self.cfg, self.net, self.dist
         apply_schedule(self.optimizer, epoch, cfg)
-        plan = self.train.plan(epoch)
+        full_plan = self.train.plan(epoch)
+        plan = full_plan.shard(dist.rank, dist.world_size)
+        safe_steps = self._safe_steps(full_plan, cfg.batch_size // dist.world_size)
         model.train()
         loss_sum = torch.zeros((), device=self.device)
-        preds, targets = [], []
+        preds, targets, image_idx = [], [], []
         seen = 0
         start = time.perf_counter()
         bar = tqdm(
             total=plan.num_patches,
             desc=f"epoch {epoch}/{cfg.epochs}",
             unit="patch",
-            disable=not cfg.progress,
+            disable=not (cfg.progress and dist.is_main),
             leave=False,
             dynamic_ncols=True,
         )
-        with bar:
+        join = Join([model]) if dist.enabled else contextlib.nullcontext()
+        with bar, join:
             for step, batch in enumerate(self.train.loader.batches(plan), 1):
-                if self._stop_signal is not None:
+                if self._should_stop(step, safe_steps):
                     raise Interrupted
-                with autocast(self.device, self.amp):
-                    pred = model(prepare_input(batch.images, self.channels_last))
-                loss = F.l1_loss(pred.float(), batch.scores)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-
+                pred, loss = self.step(batch.images, batch.scores)
                 n = batch.scores.shape[0]
-                loss_sum += loss.detach() * n
-                preds.append(pred.detach().float())
+                loss_sum += loss * n
+                preds.append(pred)
                 targets.append(batch.scores)
+                image_idx.append(batch.image_idx)
                 seen += n
                 bar.update(n)
                 if step % PROGRESS_EVERY == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
         train_seconds = time.perf_counter() - start
 
-        pred_np = torch.cat(preds).cpu().numpy()
-        target_np = torch.cat(targets).cpu().numpy()
+        # One device-to-host copy per epoch; with torchrun, every rank gets all ranks' patches.
+        pred_np, target_np, idx_np = (
+            torch.cat(t).cpu().numpy() if t else np.zeros(0, dtype=dtype)  # empty shard
+            for t, dtype in ((preds, np.float32), (targets, np.float32), (image_idx, np.int64))
+        )
+        self._trace(epoch, idx_np)
+        pred_np, target_np, totals = gather_arrays(
+            dist, pred_np, target_np, np.array([[loss_sum.item(), seen]])
+        )
+        loss_total, seen = totals.sum(axis=0)
+        seen = int(seen)
         rates = learning_rates(epoch, cfg.lr, cfg.lr_ratio)
         return {
             "epoch": epoch,
-            "train_loss": float(loss_sum.item() / max(seen, 1)),
+            "train_loss": float(loss_total / max(seen, 1)),
             "train_srcc": srcc(pred_np, target_np),
             "lr_backbone": rates.backbone,
             "lr_hypernet": rates.hypernet,
@@ -157,17 +236,25 @@ class Trainer:
             "train_patches_per_s": round(seen / train_seconds, 2) if train_seconds > 0 else None,
         }
 
+    def _trace(self, epoch: int, image_idx: np.ndarray) -> None:
+        folder = os.environ.get(TRACE_PATCHES_ENV)
+        if folder:
+            np.save(Path(folder) / f"rank{self.dist.rank}_epoch{epoch}.npy", image_idx)
+
     def validate(self) -> dict:
         if self.val is None:
             return {"val_srcc": None, "val_plcc": None}
-        pred = predict_images(
+        # Each rank predicts its shard with the plain module (no gradient sync
+        # needed); the per-image means are taken over all ranks' patches.
+        patch_pred, image_idx = predict_patches(
             self.model,
             self.val.loader,
-            self.val.plan(0),
-            self.val.num_images,
+            self.val.plan(0).shard(self.dist.rank, self.dist.world_size),
             amp=self.amp,
             channels_last=self.channels_last,
         )
+        patch_pred, image_idx = gather_arrays(self.dist, patch_pred, image_idx)
+        pred = per_image_mean(patch_pred, image_idx, self.val.num_images)
         return {
             "val_srcc": srcc(pred, self.val.scores),
             "val_plcc": plcc(pred, self.val.scores),
@@ -180,19 +267,22 @@ class Trainer:
         the resume state goes last, so a resume redoes an epoch whose files may
         be partly written, and rewrites them identically."""
         cfg, state, run = self.cfg, self.state, self.run
-        weights = None
         improved = self.val is None or (
             row["val_srcc"] is not None
             and (state.best is None or row["val_srcc"] > state.best["val_srcc"])
         )
         if improved:
-            weights = cpu_state_dict(self.model)
-            run.save(BEST, weights)
             state.best = {k: row[k] for k in ("epoch", "val_srcc", "val_plcc")}
-        if cfg.save_all_epochs:
-            run.save(epoch_checkpoint(row["epoch"]), weights or cpu_state_dict(self.model))
         state.epochs.append(row)
         state.epoch = row["epoch"]
+        if run is None:  # not rank 0: the state above is all this rank keeps
+            return
+        weights = None
+        if improved:
+            weights = cpu_state_dict(self.model)
+            run.save(BEST, weights)
+        if cfg.save_all_epochs:
+            run.save(epoch_checkpoint(row["epoch"]), weights or cpu_state_dict(self.model))
         run.write_json(METRICS, self.metrics_json(completed=state.epoch == cfg.epochs))
         if state.epoch < cfg.epochs:
             run.save(RESUME, self.resume_state())
@@ -212,14 +302,14 @@ class Trainer:
             "epochs": self.state.epochs,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.step.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
 
     def load_resume_state(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        self.scaler.load_state_dict(saved["scaler"])
+        self.step.scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["torch_rng"])
         self.state = RunState(epoch=saved["epoch"], best=saved["best"], epochs=saved["epochs"])
 
@@ -259,12 +349,14 @@ class Trainer:
                 row["epoch_seconds"] = round(time.perf_counter() - start, 3)
                 self._record(row)
                 self.log.info(format_epoch(row, cfg.epochs))
-                if self._stop_signal is not None and epoch < cfg.epochs:
+                stop = any_rank(self._stop_signal is not None, self.dist, self.device)
+                if stop and epoch < cfg.epochs:
                     raise Interrupted
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        self.run.remove(RESUME)
+        if self.run is not None:
+            self.run.remove(RESUME)
         return self.state
 
 

@@ -21,6 +21,8 @@ from hyperiqa.errors import UserError
 from pipelines.batching import PatchBatch, normalize_uint8, shuffle_into_batches
 from pipelines.patches import PatchPlan
 
+_EXIF_ORIENTATION = 0x0112
+
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode any image Pillow reads to RGB, honouring its EXIF orientation.
@@ -29,8 +31,14 @@ def load_rgb(path: str | Path) -> Image.Image:
     same upright picture.
     """
     with Image.open(path) as img:
-        upright = ImageOps.exif_transpose(img)
-        return upright.convert("RGB")
+        # exif_transpose and convert each copy the whole image even when there
+        # is nothing to do; skipping them then gives the same pixels, faster.
+        if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            img = ImageOps.exif_transpose(img)
+        if img.mode != "RGB":
+            return img.convert("RGB")
+        img.load()  # the pixels must outlive the file, which closes here
+        return img
 
 
 def load_resized(path: str | Path, size: tuple[int, int]) -> np.ndarray:
@@ -92,15 +100,17 @@ class _PlannedPatches(Dataset):
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """Decode workers leave Ctrl-C and SIGTERM to the main process.
+    """Decode workers leave Ctrl-C to the main process.
 
-    A terminal's Ctrl-C reaches the whole process group (a cluster's SIGTERM
-    often does too). A worker that died of it would make the main process fail
-    with "worker exited unexpectedly" instead of stopping at its next safe
-    point; the main process shuts its workers down itself.
+    A terminal's Ctrl-C reaches the whole process group. A worker that died of
+    it would make the main process fail with "worker exited unexpectedly"
+    instead of stopping at its next safe point; the main process shuts its
+    workers down itself. SIGTERM keeps its default: Python's exit handler
+    stops leftover workers with it (ignoring it hangs the exit), and a
+    group-wide SIGTERM that kills a worker is still reported as the stop
+    (``Trainer._run_epoch``).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class PillowLoader:

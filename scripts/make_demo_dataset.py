@@ -9,7 +9,6 @@ Train on it with `--dataset_root <out>` and `<out>/demo.json` as the metadata JS
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -17,26 +16,9 @@ from pathlib import Path
 # Runnable as a plain script from anywhere: make the repo root importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hyperiqa.config import positive_int, resize_type
 
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse "HxW" (e.g. 384x512) into (height, width); argparse reports failures."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 384x512, got {text!r}")
-    height, width = int(match.group(1)), int(match.group(2))
-    if height < 8 or width < 8:
-        raise argparse.ArgumentTypeError(f"height and width must be at least 8, got {text!r}")
-    return height, width
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+MIN_SIDE = 8  # the generator's smallest image
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--size",
-        type=parse_size,
+        type=resize_type,
         default=(384, 512),
         metavar="HxW",
         help="image height x width in pixels (default: 384x512)",
@@ -67,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if min(args.size) < MIN_SIDE:
+        parser.error(f"argument --size: height and width must be at least {MIN_SIDE}")
     # Imported after parsing so --help and flag errors answer instantly
     # (the generator pulls in scipy).
     from hyperiqa.synthetic import write_demo_dataset

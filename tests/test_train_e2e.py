@@ -163,3 +163,18 @@ def test_evaluate_writes_deterministic_predictions(
     assert [p["image"] for p in a["predictions"]] == [e["image"] for e in entries]
     assert all(set(p) == {"image", "score", "prediction"} for p in a["predictions"])
     assert "SRCC" in capsys.readouterr().out
+
+
+def test_evaluate_names_an_unwritable_output(
+    finished_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    argv = [
+        "--checkpoint", str(finished_run / "best_model.pkl"),
+        "--test_json", str(tiny_dataset / "demo.json"), "--dataset_root", str(tiny_dataset),
+        "--resize", "240x256", "--patch_num", "1", "--device", "cpu", "--loader", "pillow",
+        "--output", str(blocker / "sub" / "out.json"),
+    ]  # fmt: skip
+    assert evaluate.main(argv) == 1
+    assert "--output" in capsys.readouterr().err

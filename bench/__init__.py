@@ -1,0 +1,1 @@
+"""Benchmarks: loader and end-to-end training throughput (``python bench/throughput.py``)."""

@@ -1,0 +1,130 @@
+"""Multi-process training with torchrun: process group, ranks, gathering results.
+
+``torchrun --nproc_per_node N train.py ...`` starts N copies of train.py with
+RANK/WORLD_SIZE/LOCAL_RANK in the environment. Each rank trains a
+DistributedDataParallel replica on a disjoint shard of every epoch's patch
+plan; PyTorch's own engine (NCCL on CUDA, gloo on the CPU) averages the
+gradients. Without torchrun everything here is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from hyperiqa.errors import UserError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes the run folder and the log."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group torchrun set up; a single process gets DistInfo()."""
+    if not launched_by_torchrun():
+        return DistInfo()
+    info = DistInfo(
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+    if device_type == "cuda":
+        if info.local_rank >= torch.cuda.device_count():
+            raise UserError(
+                f"local rank {info.local_rank} has no GPU: only {torch.cuda.device_count()} "
+                "visible; use --nproc_per_node <= the number of GPUs"
+            )
+        torch.cuda.set_device(info.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device_type == "cuda" else "gloo",
+            # A rank that dies leaves the others waiting; fail instead of hanging for hours.
+            timeout=datetime.timedelta(minutes=30),
+        )
+    return info
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def per_rank_batch(batch_size: int, info: DistInfo) -> int:
+    """--batch_size is the global batch; each rank takes an equal part."""
+    if batch_size % info.world_size:
+        raise UserError(
+            f"--batch_size {batch_size} does not divide evenly over {info.world_size} "
+            f"processes; use a multiple of {info.world_size}"
+        )
+    return batch_size // info.world_size
+
+
+def gather_arrays(info: DistInfo, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Concatenate each array over all ranks (rank order), on every rank.
+
+    Used once per epoch for predictions and image indices, so a pickle-based
+    gather is cheap enough and handles shards of different lengths.
+    """
+    if not info.enabled:
+        return arrays
+    gathered: list[tuple[np.ndarray, ...] | None] = [None] * info.world_size
+    dist.all_gather_object(gathered, arrays)
+    return tuple(np.concatenate([g[i] for g in gathered]) for i in range(len(arrays)))
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (e.g. a stop signal)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def run_on_main(info: DistInfo, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only (writing the demo data, checking every image)
+    and hand its result, or the ``UserError`` it raised, to every rank, so all
+    ranks fail together with the same message instead of waiting forever."""
+    if not info.enabled:
+        return fn()
+    payload: list[tuple[str, object] | None] = [None]
+    if info.is_main:
+        try:
+            payload = [("ok", fn())]
+        except UserError as e:
+            payload = [("error", str(e))]
+    dist.broadcast_object_list(payload, src=0)
+    kind, value = payload[0]
+    if kind == "error":
+        raise UserError(str(value))
+    return value  # type: ignore[return-value]
