@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip -q
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -35,7 +35,6 @@ if str(REPO) not in sys.path:
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import gc  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -49,11 +48,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.procstat import RowMonitor  # noqa: E402
+from hyperiqa.errors import UserError, report  # noqa: E402
+from hyperiqa.run_dir import write_json_atomic  # noqa: E402
 from pipelines.factory import (  # noqa: E402
     LoaderSettings,
     dali_available,
     default_workers,
+    delivery_dtype,
     make_loader,
+    resolve_device,
 )
 from pipelines.patches import train_plan  # noqa: E402
 
@@ -243,14 +246,6 @@ class Bench:
         return self.patch_num
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench: --device cuda, but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def load_data(args: argparse.Namespace) -> tuple[list[Path], list[float], str]:
     if args.data_json:
         from hyperiqa.data import load_samples
@@ -301,13 +296,12 @@ def setup(argv: list[str] | None = None) -> Bench:
         seconds=seconds,
         amp="bf16" if cuda else None,
         channels_last=cuda,
-        # train_run.py: loaders deliver fp16 on CUDA (autocast runs the model in bf16).
-        dtype=torch.float16 if cuda else torch.float32,
+        dtype=delivery_dtype(device, "bf16" if cuda else None),  # as train.py
     )
 
 
 # --------------------------------------------------------------------------- #
-# The training step (the trainer's, repeated; see the report for factoring it out)
+# The training step (the trainer's own, plus its per-batch bookkeeping)
 
 
 class TrainStep:
@@ -823,7 +817,10 @@ def format_table(env: dict, results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
-    bench = setup(argv)
+    try:
+        bench = setup(argv)
+    except UserError as e:
+        return report("bench/throughput.py", e)
     results = run_rows(bench)
     env = environment(bench, load_start)
     print()
@@ -831,11 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     if bench.args.json:
         out = Path(bench.args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(
-            json.dumps({"env": env, "results": results, "notes": NOTES}, indent=1) + "\n"
-        )
-        os.replace(tmp, out)
+        write_json_atomic(out, {"env": env, "results": results, "notes": NOTES})
         print(f"\nwrote {out}")
     return 0
 

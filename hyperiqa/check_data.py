@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from hyperiqa.data import load_samples
-from hyperiqa.errors import UserError
+from hyperiqa.errors import UserError, report
 
 # Formats both loaders decode (DALI's image decoder and Pillow). Pillow calls a
 # camera JPEG with a multi-picture (MPO) extension "MPO"; it is a JPEG to DALI.
@@ -110,8 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = [s.path for s in samples]
         problems = find_problems(paths, args.workers, progress=sys.stderr.isatty())
     except UserError as e:
-        print(f"check_data: error: {e}", file=sys.stderr)
-        return 1
+        return report("check_data", e)
     except KeyboardInterrupt:
         print("check_data: interrupted", file=sys.stderr)
         return 130  # the shell's convention for "stopped by a signal"

@@ -118,12 +118,17 @@ def run_on_main(info: DistInfo, fn: Callable[[], T]) -> T:
     if not info.enabled:
         return fn()
     payload: list[tuple[str, object] | None] = [None]
+    failure: Exception | None = None
     if info.is_main:
         try:
             payload = [("ok", fn())]
         except UserError as e:
             payload = [("error", str(e))]
+        except Exception as e:  # a bug: let every rank stop instead of waiting, keep its traceback
+            payload, failure = [("error", f"rank 0 failed: {type(e).__name__}: {e}")], e
     dist.broadcast_object_list(payload, src=0)
+    if failure is not None:
+        raise failure
     kind, value = payload[0]
     if kind == "error":
         raise UserError(str(value))

@@ -8,17 +8,18 @@ version in place, never half a file.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
+from hyperiqa.atomic import temp_name_of, write_atomic
 from hyperiqa.errors import UserError
 
 ARGS = "args.json"
@@ -44,43 +45,16 @@ def _is_run_file(name: str) -> bool:
 
 
 def _is_temp_of_run_file(name: str) -> bool:
-    """``.best_model.pkl.x1y2.tmp``: what ``_atomic_write`` names its temp files."""
-    if not (name.startswith(".") and name.endswith(".tmp")):
-        return False
-    stem = name[1:].rsplit(".", 2)[0]  # drop the random part and ".tmp"
-    return _is_run_file(stem)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where /proc allows."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)  # elsewhere: set and restore
-    os.umask(mask)
-    return mask
+    """``.best_model.pkl.x1y2.tmp``: a temp file of ``write_atomic``, left by a kill mid-write."""
+    target = temp_name_of(name)
+    return target is not None and _is_run_file(target)
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    tmp_name = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        # mkstemp makes the file private (0600); a run's files should be as
-        # readable as any other the user writes (a shared group reads checkpoints).
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
+        write_atomic(path, write)
     except OSError as e:
         raise WriteError(f"could not write {path}: {e.strerror or e}") from None
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -132,17 +106,21 @@ class RunDir:
                 "--overwrite to replace it (or choose another --checkpoint_dir)"
             )
 
+    def _remove_where(self, matches: Callable[[str], bool]) -> None:
+        try:
+            for f in self.path.iterdir():
+                if matches(f.name):
+                    f.unlink()
+        except OSError as e:
+            raise WriteError(f"cannot clean up {self.path}: {e.strerror or e}") from None
+
     def clear_previous_run(self) -> None:
         """Remove an earlier run's files; called only once a new run has started cleanly."""
-        for f in self.path.iterdir():
-            if _is_run_file(f.name) or _is_temp_of_run_file(f.name):
-                f.unlink()
+        self._remove_where(lambda name: _is_run_file(name) or _is_temp_of_run_file(name))
 
     def remove_stale_temps(self) -> None:
         """Remove half-written temp files: a kill mid-write skips their cleanup."""
-        for f in self.path.iterdir():
-            if _is_temp_of_run_file(f.name):
-                f.unlink()
+        self._remove_where(_is_temp_of_run_file)
 
     def write_json(self, name: str, obj: Any) -> None:
         write_json_atomic(self.file(name), obj)
@@ -160,8 +138,10 @@ class RunDir:
         save_torch_atomic(self.file(name), obj)
 
     def remove(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.file(name).unlink()
+        self._remove_where(lambda n: n == name)
+
+
+_logger_ids = itertools.count()  # one logger per run_logger block, never shared
 
 
 @contextlib.contextmanager
@@ -172,7 +152,7 @@ def run_logger(
 
     ``echo`` lets the caller route console lines around a progress bar.
     """
-    logger = logging.getLogger(f"hyperiqa.run.{id(log_path)}")
+    logger = logging.getLogger(f"hyperiqa.run.{next(_logger_ids)}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")

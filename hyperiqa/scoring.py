@@ -14,9 +14,16 @@ from hyperiqa.config import non_negative_int, positive_int, resize_type
 from hyperiqa.errors import UserError
 from hyperiqa.inference import predict_images
 from hyperiqa.model import HyperNet, ModelLoadError, build_model
-from hyperiqa.train_run import resolve_device
-from pipelines.factory import LoaderSettings, make_loader, resolve_loader
+from pipelines.factory import (
+    LoaderSettings,
+    delivery_dtype,
+    make_loader,
+    resolve_device,
+    resolve_loader,
+)
 from pipelines.patches import EVAL_SEED, eval_plan
+
+EVAL_WINDOW = 32  # images decoded together
 
 
 def load_checkpoint(path: str, device: torch.device) -> HyperNet:
@@ -51,12 +58,13 @@ def score_images(
     seed: int = EVAL_SEED,
 ) -> np.ndarray:
     """One score per image: the mean prediction over ``patch_num`` seeded crops."""
+    amp = "bf16" if device.type == "cuda" else None
     settings = LoaderSettings(
         resize=resize,
         batch_size=batch_size,
         device=device,
         num_workers=num_workers,
-        dtype=torch.float16 if device.type == "cuda" else torch.float32,
+        dtype=delivery_dtype(device, amp),
     )
     scores = [0.0] * len(paths)  # unused by inference; the loader wants one per image
     patch_loader = make_loader(loader, paths, scores, settings)
@@ -66,9 +74,9 @@ def score_images(
         patches_per_image=patch_num,
         patch_size=patch_size,
         resize=resize,
-        window=max(1, batch_size // patch_num),
+        # Crops do not depend on the window; a larger one keeps DALI's batches full.
+        window=EVAL_WINDOW,
     )
-    amp = "bf16" if device.type == "cuda" else None
     try:
         return predict_images(
             model, patch_loader, plan, len(paths), amp=amp, channels_last=device.type == "cuda"

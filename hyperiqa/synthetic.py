@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import scipy.fft as sfft
 from PIL import Image, ImageFilter
+
+from hyperiqa.atomic import write_bytes_atomic
 
 __all__ = [
     "DEMO_JSON_NAME",
@@ -275,19 +275,10 @@ def _jpeg_bytes(img: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace: a reader never
-    sees a half-written file, and an interrupted run leaves no partial output
-    under the final name."""
+def _write_file(path: Path, data: bytes) -> None:
+    """Atomically (a reader never sees a half-written file), creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data)
 
 
 def _demo_plan(num_images: int) -> list[tuple[int, str, float]]:
@@ -362,7 +353,7 @@ def write_demo_dataset(
         else:
             img = distort(base_img, kind, level, np.random.default_rng(dist_seeds[i]))
         name = f"{i:04d}_b{base:03d}_{kind}_l{round(level * 100):03d}.jpg"
-        _atomic_write_bytes(image_dir / name, _jpeg_bytes(img, _DEMO_QUALITY))
+        _write_file(image_dir / name, _jpeg_bytes(img, _DEMO_QUALITY))
         score = _SCORE_TOP - _SCORE_SPAN * level + _SCORE_NOISE_SD * score_rng.standard_normal()
         entries.append(
             {
@@ -375,7 +366,7 @@ def write_demo_dataset(
         )
 
     text = json.dumps(entries, indent=1) + "\n"
-    _atomic_write_bytes(json_path, text.encode("utf-8"))
+    _write_file(json_path, text.encode("utf-8"))
     return json_path
 
 
@@ -404,6 +395,6 @@ def write_koniq_like_jpegs(
         path = root / f"koniq_like_s{seed}_{height}x{width}_q{quality}_{i:05d}.jpg"
         if not path.is_file() or path.stat().st_size == 0:
             img = natural_image(np.random.default_rng(seeds[i]), height, width)
-            _atomic_write_bytes(path, _jpeg_bytes(img, quality))
+            _write_file(path, _jpeg_bytes(img, quality))
         paths.append(path)
     return paths

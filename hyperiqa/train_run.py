@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from hyperiqa.check_data import check_dataset
-from hyperiqa.config import DEMO_ROOT, TrainConfig, format_resize, run_path
+from hyperiqa.config import TrainConfig, format_resize, run_path
 from hyperiqa.data import Sample, load_samples, split_samples
 from hyperiqa.distributed import (
     DistInfo,
@@ -32,7 +32,14 @@ from hyperiqa.errors import UserError
 from hyperiqa.model import ModelLoadError, build_model
 from hyperiqa.run_dir import ARGS, LOG, METRICS, RESUME, RunDir, WriteError, run_logger
 from hyperiqa.trainer import Interrupted, TrainData, Trainer
-from pipelines.factory import LoaderSettings, default_workers, make_loader, resolve_loader
+from pipelines.factory import (
+    LoaderSettings,
+    default_workers,
+    delivery_dtype,
+    make_loader,
+    resolve_device,
+    resolve_loader,
+)
 from pipelines.patches import eval_plan, train_plan
 
 # Flags that change how fast a run goes, not what it computes: a resume may change them.
@@ -48,15 +55,6 @@ NON_RESULT_FLAGS = {
     "dali_prefetch",
     "dali_hw_decoder_load",
 }
-
-
-def resolve_device(requested: str) -> torch.device:
-    has_cuda = torch.cuda.is_available()
-    if requested == "cuda" and not has_cuda:
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
-    if requested == "auto":
-        return torch.device("cuda" if has_cuda else "cpu")
-    return torch.device(requested)
 
 
 def resolve(
@@ -95,12 +93,22 @@ def resolve(
 
 
 def ensure_demo_dataset(cfg: TrainConfig) -> str | None:
+    """--demo: write the synthetic dataset to --dataset_root when its JSON is missing."""
     if not cfg.demo or Path(cfg.train_json).is_file():
         return None
-    from hyperiqa.synthetic import write_demo_dataset
+    from hyperiqa.synthetic import DEMO_JSON_NAME, write_demo_dataset
 
-    write_demo_dataset(DEMO_ROOT)
-    return f"demo: wrote a synthetic dataset to {DEMO_ROOT}"
+    root = Path(cfg.dataset_root)
+    if Path(cfg.train_json) != root / DEMO_JSON_NAME:
+        raise UserError(
+            f"--demo writes its dataset to --dataset_root ({root / DEMO_JSON_NAME}), "
+            f"but --train_json is {cfg.train_json}"
+        )
+    try:
+        write_demo_dataset(root)
+    except OSError as e:
+        raise UserError(f"--demo: cannot write the demo dataset to {root}: {e}") from None
+    return f"demo: wrote a synthetic dataset to {root}"
 
 
 def args_differences(saved: dict, cfg: TrainConfig) -> list[str]:
@@ -154,7 +162,7 @@ def split_data(
         batch_size=cfg.batch_size // cfg.world_size,
         device=device,
         num_workers=cfg.num_workers,
-        dtype=torch.float16 if cfg.device == "cuda" else torch.float32,
+        dtype=delivery_dtype(device, cfg.amp),
         dali_threads=cfg.dali_threads,
         dali_hw_decoder_load=cfg.dali_hw_decoder_load,
         dali_prefetch=cfg.dali_prefetch,
@@ -181,14 +189,18 @@ def split_data(
     return train, data(val_samples, lambda _epoch: fixed_val_plan)
 
 
-def resume_command(run: RunDir, argv: Sequence[str]) -> str:
-    """The command that continues this run: the same flags, with --resume."""
+def resume_command(run: RunDir, argv: Sequence[str], world_size: int = 1) -> str:
+    """The command that continues this run: the same flags, with --resume (and the
+    same number of processes: a resume with another world size is refused)."""
     argv = [a for a in argv if a != "--overwrite"]
     if "--resume" not in argv:
         argv.append("--resume")
     if "--checkpoint_dir" not in " ".join(argv):
         argv += ["--checkpoint_dir", str(run.path)]
-    return shlex.join(["python", "train.py", *argv])
+    launcher = ["python", "train.py"]
+    if world_size > 1:
+        launcher = ["torchrun", "--nproc_per_node", str(world_size), "train.py"]
+    return shlex.join([*launcher, *argv])
 
 
 def load_saved_state(run: RunDir, device: torch.device) -> dict:
@@ -257,7 +269,8 @@ def run_training(cfg: TrainConfig, argv: Sequence[str] | None = None) -> Path:
         except Interrupted:
             log.info(
                 f"stopped after epoch {trainer.state.epoch}; "
-                f"resume with: {resume_command(run, argv)}"
+                f"resume with: {resume_command(run, argv, cfg.world_size)}"
+                + (" (on every node, as launched)" if cfg.world_size > 1 else "")
             )
             raise
         except WriteError as e:
@@ -265,7 +278,7 @@ def run_training(cfg: TrainConfig, argv: Sequence[str] | None = None) -> Path:
             # whole: say how to carry on once the disk is fixed.
             raise WriteError(
                 f"{e}; the files written before are intact; once fixed, "
-                f"resume with: {resume_command(run, argv)}"
+                f"resume with: {resume_command(run, argv, cfg.world_size)}"
             ) from None
         finally:
             train.loader.close()

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from hyperiqa.config import TrainConfig
 from hyperiqa.distributed import DistInfo, any_rank, gather_arrays
+from hyperiqa.errors import UserError
 from hyperiqa.inference import autocast, predict_patches, prepare_input
 from hyperiqa.metrics import format_metric as fmt
 from hyperiqa.metrics import per_image_mean, plcc, srcc
@@ -209,8 +210,8 @@ class Trainer:
                 image_idx.append(batch.image_idx)
                 seen += n
                 bar.update(n)
-                if step % PROGRESS_EVERY == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                if step % PROGRESS_EVERY == 0 and not bar.disable:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")  # the only per-step sync
         train_seconds = time.perf_counter() - start
 
         # One device-to-host copy per epoch; with torchrun, every rank gets all ranks' patches.
@@ -267,10 +268,7 @@ class Trainer:
         the resume state goes last, so a resume redoes an epoch whose files may
         be partly written, and rewrites them identically."""
         cfg, state, run = self.cfg, self.state, self.run
-        improved = self.val is None or (
-            row["val_srcc"] is not None
-            and (state.best is None or row["val_srcc"] > state.best["val_srcc"])
-        )
+        improved = is_better(row, state.best, has_val=self.val is not None)
         if improved:
             state.best = {k: row[k] for k in ("epoch", "val_srcc", "val_plcc")}
         state.epochs.append(row)
@@ -346,6 +344,12 @@ class Trainer:
             for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
                 start = time.perf_counter()
                 row = self._run_epoch(epoch)
+                if not math.isfinite(row["train_loss"]):
+                    # Before anything is written: the folder stays at the last good epoch.
+                    raise UserError(
+                        f"training diverged in epoch {epoch} (loss {row['train_loss']}); "
+                        "lower --lr and start again with --overwrite"
+                    )
                 row["epoch_seconds"] = round(time.perf_counter() - start, 3)
                 self._record(row)
                 self.log.info(format_epoch(row, cfg.epochs))
@@ -358,6 +362,18 @@ class Trainer:
         if self.run is not None:
             self.run.remove(RESUME)
         return self.state
+
+
+def is_better(row: dict, best: dict | None, has_val: bool) -> bool:
+    """Does this epoch replace best_model.pkl? Without validation every epoch
+    does (the last one wins); with it, a higher val SRCC does. An undefined
+    SRCC (constant predictions) never beats a defined one, but the first
+    epoch always writes a best_model.pkl, so a run never ends without one."""
+    if not has_val or best is None:
+        return True
+    if row["val_srcc"] is None:
+        return False
+    return best["val_srcc"] is None or row["val_srcc"] > best["val_srcc"]
 
 
 def format_epoch(row: dict, epochs: int) -> str:

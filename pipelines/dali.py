@@ -40,8 +40,8 @@ import torch
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
-from PIL import Image
 
+from hyperiqa.check_data import check_image
 from hyperiqa.errors import UserError
 from pipelines.batching import IMAGENET_MEAN, IMAGENET_STD, PatchBatch, shuffle_into_batches
 from pipelines.factory import LoaderSettings
@@ -289,22 +289,16 @@ def _decode_error_message(
     culprit: Path | None = None
     match = re.search(r"sample #(\d+)", dali_message)
     if window is not None and match and int(match.group(1)) < len(window):
-        culprit = window[int(match.group(1))]
-    else:
-        culprit = next((p for p in candidates if not _pillow_decodes(p)), None)
+        # The error may belong to a window decoded ahead: trust the index only
+        # when that file really is bad.
+        named = window[int(match.group(1))]
+        culprit = named if check_image(named) is not None else None
+    if culprit is None:
+        culprit = next((p for p in candidates if check_image(p) is not None), None)
     if culprit is not None:
         return f"DALI cannot decode image {culprit} (corrupt or unsupported file)"
     names = ", ".join(str(p) for p in candidates)
     return f"DALI cannot decode one of these images (corrupt or unsupported file): {names}"
-
-
-def _pillow_decodes(path: Path) -> bool:
-    try:
-        with Image.open(path) as img:
-            img.load()
-        return True
-    except Exception:
-        return False
 
 
 class DaliLoader:

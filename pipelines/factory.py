@@ -33,6 +33,24 @@ class LoaderSettings:
     dali_prefetch: int = 2  # DALI pipeline depth: windows decoded ahead of training
 
 
+def resolve_device(requested: str) -> torch.device:
+    """``--device auto|cuda|cpu`` -> the device used; cuda without a GPU is the user's error."""
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    if requested == "auto":
+        return torch.device("cuda" if has_cuda else "cpu")
+    return torch.device(requested)
+
+
+def delivery_dtype(device: torch.device, amp: str | None) -> torch.dtype:
+    """The dtype loaders hand to the model: half the bytes under autocast on CUDA
+    (the convolutions run in bf16/fp16 anyway), fp32 when the model runs in fp32."""
+    if device.type == "cuda" and amp in ("bf16", "fp16"):
+        return torch.float16
+    return torch.float32
+
+
 def default_workers(device: torch.device) -> int:
     """Pillow decode processes when --num_workers is not given.
 

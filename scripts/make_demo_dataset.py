@@ -16,7 +16,7 @@ from pathlib import Path
 # Runnable as a plain script from anywhere: make the repo root importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hyperiqa.config import positive_int, resize_type
+from hyperiqa.config import non_negative_int, positive_int, resize_type
 
 MIN_SIDE = 8  # the generator's smallest image
 
@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HxW",
         help="image height x width in pixels (default: 384x512)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed (default: %(default)s)"
+    )
     return parser
 
 

@@ -10,9 +10,7 @@ one colour in every panel; the legend names runs by folder name.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -23,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 # Run as `python scripts/plot_metrics.py` from the repo root: make `hyperiqa` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hyperiqa.atomic import write_atomic
 from hyperiqa.runs import RunFolderError, RunSummary, load_run
 
 PROG = "plot_metrics"
@@ -95,19 +94,8 @@ def make_figure(runs: list[RunSummary]) -> Figure:
 
 def save_atomic(fig: Figure, output: Path) -> None:
     """Save via a temp file + rename, so a viewer never shows a half-written PNG."""
-    suffix = output.suffix or ".png"
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        # mkstemp creates 0600; a plot is meant to be shared, so use the umask's mode.
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        fig.savefig(tmp, format=suffix.lstrip("."))
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fmt = (output.suffix or ".png").lstrip(".")
+    write_atomic(output, lambda f: fig.savefig(f, format=fmt))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,9 @@ import numpy as np
 # Run as `python scripts/prepare_koniq.py` from the repo root: make `hyperiqa` importable
 # like in the other scripts (this one needs only the standard library and numpy).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hyperiqa.atomic import write_bytes_atomic
+from hyperiqa.config import non_negative_int
 
 PROG = "prepare_koniq"
 SCORES_CSV = "koniq10k_scores_and_distributions.csv"
@@ -159,29 +161,10 @@ def relative_dir(image_dir: Path, dataset_root: Path) -> str:
 
 
 def write_json_atomic(path: Path, entries: list[dict[str, object]]) -> None:
-    """Write to a temp file in the same folder, then rename over the target.
-
-    A crash or Ctrl-C never leaves a half-written metadata file behind. One
-    entry per line keeps 10k entries diff-able and grep-able.
-    """
+    """Atomically (never a half-written metadata file), one entry per line so
+    10k entries stay diff-able and grep-able."""
     text = "[\n" + ",\n".join(json.dumps(entry) for entry in entries) + "\n]\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        # mkstemp creates 0600; give the file the usual umask-based mode so
-        # others sharing the dataset folder can read the metadata.
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
-    os.umask(mask)
-    return mask
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _first(names: list[str]) -> str:
@@ -219,7 +202,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="subfolder of koniq_root with the images (e.g. 512x384)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the 80/20 split without the sets file"
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of the 80/20 split without the sets file",
     )
     return parser.parse_args(argv)
 

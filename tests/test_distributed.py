@@ -110,3 +110,16 @@ def test_train_sh_rejects_a_bad_gpu_count() -> None:
         ["bash", "scripts/train.sh", "--gpus", "x"], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 2 and "--gpus needs a positive number" in proc.stderr
+
+
+def test_resume_command_repeats_the_launcher(tmp_path: Path) -> None:
+    from hyperiqa.run_dir import RunDir
+    from hyperiqa.train_run import resume_command
+
+    run = RunDir(tmp_path / "r")
+    single = resume_command(run, ["--epochs", "3", "--overwrite"])
+    assert single.startswith("python train.py --epochs 3 --resume --checkpoint_dir")
+    assert "--overwrite" not in single
+    assert resume_command(run, ["--epochs", "3"], world_size=4).startswith(
+        "torchrun --nproc_per_node 4 train.py --epochs 3 --resume"
+    )

@@ -178,3 +178,49 @@ def test_evaluate_names_an_unwritable_output(
     ]  # fmt: skip
     assert evaluate.main(argv) == 1
     assert "--output" in capsys.readouterr().err
+
+
+def test_divergence_stops_cleanly_before_writing_the_epoch(
+    tiny_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from hyperiqa import trainer
+
+    real_step = trainer.TrainStep.__call__
+
+    def nan_step(self, images, scores):
+        pred, loss = real_step(self, images, scores)
+        return pred, loss * float("nan")
+
+    monkeypatch.setattr(trainer.TrainStep, "__call__", nan_step)
+    run = tmp_path / "run"
+    assert train.main(tiny_train_args(tiny_dataset, run)) == 1
+    assert "diverged in epoch 1" in capsys.readouterr().err
+    assert not (run / "metrics.json").exists()
+
+
+def test_demo_refuses_a_json_it_would_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = [
+        "--demo",
+        "--dataset_root",
+        str(tmp_path / "d"),
+        "--train_json",
+        str(tmp_path / "x.json"),
+    ]
+    assert train.main([*argv, "--checkpoint_dir", str(tmp_path / "run")]) == 1
+    assert "--demo writes its dataset to --dataset_root" in capsys.readouterr().err
+
+
+def test_best_model_rules() -> None:
+    from hyperiqa.trainer import is_better
+
+    assert is_better({"val_srcc": None}, None, has_val=True)  # the first epoch always writes
+    assert not is_better({"val_srcc": None}, {"val_srcc": 0.5}, has_val=True)
+    assert is_better({"val_srcc": 0.1}, {"val_srcc": None}, has_val=True)
+    assert is_better({"val_srcc": 0.6}, {"val_srcc": 0.5}, has_val=True)
+    assert not is_better({"val_srcc": 0.5}, {"val_srcc": 0.5}, has_val=True)
+    assert is_better({"val_srcc": None}, {"val_srcc": 0.9}, has_val=False)
