@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="add loader/pillow-wN rows for these worker counts, e.g. 0,1,2",
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training step, as train.py --compile",
+    )
+    p.add_argument(
         "--cudnn_benchmark",
         action="store_true",
         help="set torch.backends.cudnn.benchmark (train.py leaves it off) to see what it buys",
@@ -315,7 +320,8 @@ class TrainStep:
         model = get_model(bench)
         model.train()
         optimizer = make_optimizer(model, OPT_DEFAULTS)
-        self.step = RealStep(model, optimizer, bench.device, bench.amp, bench.channels_last)
+        net = torch.compile(model) if bench.args.compile else model
+        self.step = RealStep(net, optimizer, bench.device, bench.amp, bench.channels_last)
         self.loss_sum = torch.zeros((), device=bench.device)
         self.preds: list[torch.Tensor] = []
         if not bench.cuda and bench.args.warmup is None:
@@ -724,6 +730,7 @@ def environment(bench: Bench, load_start: tuple[float, ...]) -> dict:
         "amp": bench.amp or "off (fp32)",
         "channels_last": bench.channels_last,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "compile": bench.args.compile,
         "batch_size": bench.batch_size,
         "patch_num": bench.patch_num,
         "patch_size": bench.patch_size,

@@ -37,6 +37,7 @@ class TrainConfig:
     shuffle_window: int | None
     amp: str | None
     channels_last: bool
+    compile: bool
     backbone_weights: str
     init_checkpoint: str | None
     overwrite: bool
@@ -253,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="channels_last",
         action="store_false",
         help="keep NCHW memory layout on CUDA",
+    )
+    hw.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training step (slow first steps; measure with bench --compile)",
     )
     hw.add_argument("--dali_threads", type=positive_int, default=4, help="DALI CPU threads")
     hw.add_argument(

@@ -156,7 +156,9 @@ class Trainer:
         self.amp = cfg.amp if device.type == "cuda" else None
         self.channels_last = cfg.channels_last and device.type == "cuda"
         self.optimizer = make_optimizer(model, cfg)
-        self.step = TrainStep(self.net, self.optimizer, device, self.amp, self.channels_last)
+        # Compiled for training only: evaluation and state_dicts use the plain module.
+        step_net = torch.compile(self.net) if cfg.compile else self.net
+        self.step = TrainStep(step_net, self.optimizer, device, self.amp, self.channels_last)
         self.state = RunState()
         self._stop_signal: int | None = None
 

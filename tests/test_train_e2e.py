@@ -224,3 +224,19 @@ def test_best_model_rules() -> None:
     assert is_better({"val_srcc": 0.6}, {"val_srcc": 0.5}, has_val=True)
     assert not is_better({"val_srcc": 0.5}, {"val_srcc": 0.5}, has_val=True)
     assert is_better({"val_srcc": None}, {"val_srcc": 0.9}, has_val=False)
+
+
+def test_compile_wraps_only_the_training_step(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled = []
+
+    def fake_compile(module: torch.nn.Module) -> torch.nn.Module:
+        compiled.append(module)
+        return module  # the real compile takes minutes on 2 CPU cores
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    run = tmp_path / "run"
+    assert train.main(tiny_train_args(tiny_dataset, run, "--compile", "--epochs", "1")) == 0
+    assert len(compiled) == 1 and isinstance(compiled[0], HyperNet)
+    assert read_json(run / "args.json")["compile"] is True
