@@ -293,6 +293,15 @@ DEMO_DEFAULTS = {
 }
 
 
+def check_patch_fits(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
+    """Crops are cut from the resized image, so --patch_size must fit in --resize."""
+    if ns.patch_size > min(ns.resize):
+        parser.error(
+            f"argument --patch_size: {ns.patch_size} does not fit in --resize "
+            f"{format_resize(ns.resize)}"
+        )
+
+
 def _explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
     """Destinations of the flags the user actually typed (``--x v`` or ``--x=v``)."""
     typed = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
@@ -314,11 +323,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         for key, value in DEMO_DEFAULTS.items():
             if key not in explicit:
                 setattr(ns, key, value)
-    if ns.patch_size > min(ns.resize):
-        parser.error(
-            f"argument --patch_size: {ns.patch_size} does not fit in --resize "
-            f"{format_resize(ns.resize)}"
-        )
+    check_patch_fits(parser, ns)
     if ns.resume and ns.overwrite:
         parser.error("argument --resume: not allowed with argument --overwrite")
     return TrainConfig(**vars(ns))

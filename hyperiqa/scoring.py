@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperiqa.config import non_negative_int, positive_int, resize_type
+from hyperiqa.config import check_patch_fits, non_negative_int, positive_int, resize_type
 from hyperiqa.errors import UserError
 from hyperiqa.inference import predict_images
 from hyperiqa.model import HyperNet, ModelLoadError, build_model
@@ -102,8 +102,7 @@ def parse_scoring_args(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None
 ) -> argparse.Namespace:
     args = parser.parse_args(argv)
-    if args.patch_size > min(args.resize):
-        parser.error(f"argument --patch_size: {args.patch_size} does not fit in --resize")
+    check_patch_fits(parser, args)
     return args
 
 

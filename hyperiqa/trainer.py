@@ -188,7 +188,7 @@ class Trainer:
         safe_steps = self._safe_steps(full_plan, cfg.batch_size // dist.world_size)
         model.train()
         loss_sum = torch.zeros((), device=self.device)
-        preds, targets, image_idx = [], [], []
+        preds, image_idx = [], []
         seen = 0
         start = time.perf_counter()
         bar = tqdm(
@@ -208,7 +208,6 @@ class Trainer:
                 n = batch.scores.shape[0]
                 loss_sum += loss * n
                 preds.append(pred)
-                targets.append(batch.scores)
                 image_idx.append(batch.image_idx)
                 seen += n
                 bar.update(n)
@@ -217,14 +216,15 @@ class Trainer:
         train_seconds = time.perf_counter() - start
 
         # One device-to-host copy per epoch; with torchrun, every rank gets all ranks' patches.
-        pred_np, target_np, idx_np = (
+        pred_np, idx_np = (
             torch.cat(t).cpu().numpy() if t else np.zeros(0, dtype=dtype)  # empty shard
-            for t, dtype in ((preds, np.float32), (targets, np.float32), (image_idx, np.int64))
+            for t, dtype in ((preds, np.float32), (image_idx, np.int64))
         )
         self._trace(epoch, idx_np)
-        pred_np, target_np, totals = gather_arrays(
-            dist, pred_np, target_np, np.array([[loss_sum.item(), seen]])
+        pred_np, idx_np, totals = gather_arrays(
+            dist, pred_np, idx_np, np.array([[loss_sum.item(), seen]])
         )
+        target_np = self.train.scores[idx_np]  # a patch's target is its image's score
         loss_total, seen = totals.sum(axis=0)
         seen = int(seen)
         rates = learning_rates(epoch, cfg.lr, cfg.lr_ratio)
