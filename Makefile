@@ -1,5 +1,6 @@
 # `make test` and `make demo` work from a fresh clone: the first call builds .venv
-# from requirements.txt (torch, torchvision, DALI, ...); later calls reuse it.
+# from requirements.txt (torch, torchvision, DALI, ...) and installs this
+# repository's library (hyperiqa, pipelines) into it, editable; later calls reuse it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,10 +12,11 @@ venv: $(STAMP)
 
 # Reinstall when requirements.txt changes; the stamp marks a complete install,
 # so an interrupted one is redone rather than trusted.
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip -q
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 test: $(STAMP)

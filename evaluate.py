@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
+from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.data import load_samples
-from hyperiqa.errors import UserError, report
+from hyperiqa.errors import USER_ERRORS, UserError, report
+from hyperiqa.evaluation import score_files
 from hyperiqa.metrics import format_metric as fmt
 from hyperiqa.metrics import krcc, plcc, srcc
-from hyperiqa.run_dir import write_json_atomic
-from hyperiqa.scoring import add_scoring_flags, parse_scoring_args, score_with_flags
+from hyperiqa.run_folder import write_json_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args: argparse.Namespace) -> dict:
     samples = load_samples(args.test_json, args.dataset_root)
-    pred = score_with_flags(args, [s.path for s in samples])
+    pred = score_files(
+        args.checkpoint,
+        [s.path for s in samples],
+        echo=partial(print, file=sys.stderr),
+        **scoring_options(args),
+    )
     target = [s.score for s in samples]
     return {
         "srcc": srcc(pred, target),
@@ -61,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = evaluate(args)
         if args.output:
             write_output(Path(args.output), result)
-    except UserError as e:
+    except USER_ERRORS as e:
         return report("evaluate.py", e)
     print(
         f"images {result['num_images']}  SRCC {fmt(result['srcc'])}  "

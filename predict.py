@@ -14,11 +14,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from hyperiqa.check_data import find_problems, problems_message
-from hyperiqa.errors import UserError, report
-from hyperiqa.scoring import add_scoring_flags, parse_scoring_args, score_with_flags
+from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
+from hyperiqa.errors import USER_ERRORS, UserError, report
+from hyperiqa.evaluation import score_files
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +40,9 @@ def predict(args: argparse.Namespace) -> list[tuple[str, float]]:
     problems = find_problems(paths)
     if problems:
         raise UserError(problems_message(problems, len(paths)))
-    scores = score_with_flags(args, paths)
+    scores = score_files(
+        args.checkpoint, paths, echo=partial(print, file=sys.stderr), **scoring_options(args)
+    )
     return [(str(p), float(s)) for p, s in zip(args.images, scores, strict=True)]
 
 
@@ -46,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_scoring_args(build_parser(), argv)
     try:
         results = predict(args)
-    except UserError as e:
+    except USER_ERRORS as e:
         return report("predict.py", e)
     if args.json:
         print(json.dumps([{"image": p, "score": s} for p, s in results], indent=2))

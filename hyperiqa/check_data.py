@@ -11,50 +11,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from hyperiqa.data import load_samples
-from hyperiqa.errors import UserError, report
-
-# Formats both loaders decode (DALI's image decoder and Pillow). Pillow calls a
-# camera JPEG with a multi-picture (MPO) extension "MPO"; it is a JPEG to DALI.
-USABLE_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "PPM"}
-JPEG_FORMATS = {"JPEG", "MPO"}
-
-
-def check_image(path: str | Path) -> str | None:
-    """None when the image is usable, else a short reason."""
-    try:
-        with warnings.catch_warnings():
-            # A decompression-bomb warning or odd EXIF should not count as a failure.
-            warnings.simplefilter("ignore")
-            with Image.open(path) as img:
-                if img.format not in USABLE_FORMATS:
-                    return f"unsupported format {img.format}"
-                if img.format in JPEG_FORMATS:
-                    # Decoding at 1/8 scale still reads every coefficient, so a
-                    # truncated or corrupt stream is caught at a fraction of the cost.
-                    img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-                img.load()
-                if img.width < 1 or img.height < 1:
-                    return "empty image"
-    except FileNotFoundError:
-        return "file not found"
-    except Exception as e:  # Pillow raises many types for bad data; all mean "unusable"
-        return f"cannot decode ({type(e).__name__}: {e})"
-    return None
-
-
-def _ignore_interrupt() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+from hyperiqa.errors import USER_ERRORS, UserError, report
+from pipelines.images import check_image, ignore_interrupt
 
 
 def find_problems(
@@ -64,7 +30,7 @@ def find_problems(
     if workers > 1 and len(paths) > 64:
         # Workers ignore Ctrl-C: the main process alone reports it, without a
         # traceback from every worker.
-        pool = ProcessPoolExecutor(workers, initializer=_ignore_interrupt)
+        pool = ProcessPoolExecutor(workers, initializer=ignore_interrupt)
         try:
             reasons = list(
                 tqdm(
@@ -109,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples = load_samples(args.train_json, args.dataset_root)
         paths = [s.path for s in samples]
         problems = find_problems(paths, args.workers, progress=sys.stderr.isatty())
-    except UserError as e:
+    except USER_ERRORS as e:
         return report("check_data", e)
     except KeyboardInterrupt:
         print("check_data: interrupted", file=sys.stderr)

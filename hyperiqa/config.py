@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train HyperIQA (Su et al., CVPR 2020) on an IQA dataset such as KonIQ-10k.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        # No abbreviations: --demo must know which flags were typed (and --epoch
-        # silently meaning --epochs helps nobody reading a command line later).
+        # No abbreviations: --epoch silently meaning --epochs helps nobody
+        # reading a command line later.
         allow_abbrev=False,
     )
     data = p.add_argument_group("data")
@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--backbone_weights",
         default="imagenet",
-        help="imagenet (torchvision download), none (random), or a ResNet-50 state_dict PATH",
+        help="imagenet (torchvision download), none (random), auto (imagenet when it "
+        "loads, else none; the demo's default), or a ResNet-50 state_dict PATH",
     )
     model.add_argument(
         "--init_checkpoint",
@@ -277,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The demo trains a random-init ResNet-50 on 2 CPU cores in a few minutes:
-# few small images, few patches, a larger learning rate. Explicit flags win.
+# few small images, few patches, a larger learning rate. They are parser
+# defaults under --demo, so flags typed explicitly still win.
 DEMO_ROOT = Path("../datasets/demo")
 DEMO_DEFAULTS = {
     "dataset_root": str(DEMO_ROOT),
@@ -290,7 +292,24 @@ DEMO_DEFAULTS = {
     "epochs": 6,
     "lr": 1e-4,
     "lr_ratio": 10.0,
+    "backbone_weights": "auto",
 }
+
+# Flags that change how fast a run goes, not what it computes: a resume may change them.
+SPEED_FLAGS = frozenset(
+    {
+        "resume",
+        "overwrite",
+        "progress",
+        "skip_check",
+        "num_workers",
+        "save_all_epochs",
+        "checkpoint_dir",
+        "dali_threads",
+        "dali_prefetch",
+        "dali_hw_decoder_load",
+    }
+)
 
 
 def check_patch_fits(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
@@ -302,31 +321,54 @@ def check_patch_fits(parser: argparse.ArgumentParser, ns: argparse.Namespace) ->
         )
 
 
-def _explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
-    """Destinations of the flags the user actually typed (``--x v`` or ``--x=v``)."""
-    typed = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
-    return {
-        action.dest
-        for action in parser._actions
-        if any(opt in typed for opt in action.option_strings)
-    }
-
-
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    # --demo changes the defaults, not the flags: a first pass learns whether it
+    # was given, the second parses with the demo's defaults in place.
+    if parser.parse_known_args(argv)[0].demo:
+        parser.set_defaults(**DEMO_DEFAULTS)
     ns = parser.parse_args(argv)
-    if ns.demo:
-        explicit = _explicit_flags(parser, argv)
-        for key, value in DEMO_DEFAULTS.items():
-            if key not in explicit:
-                setattr(ns, key, value)
     check_patch_fits(parser, ns)
     if ns.resume and ns.overwrite:
         parser.error("argument --resume: not allowed with argument --overwrite")
     return TrainConfig(**vars(ns))
+
+
+def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags evaluate.py and predict.py share: checkpoint, crops, hardware."""
+    p = parser
+    p.add_argument("--checkpoint", required=True, help="HyperNet state_dict (best_model.pkl)")
+    p.add_argument("--patch_num", type=positive_int, default=25, help="crops averaged per image")
+    p.add_argument("--patch_size", type=positive_int, default=224)
+    p.add_argument("--resize", type=resize_type, default=(384, 512), help="HxW, as in training")
+    p.add_argument("--batch_size", type=positive_int, default=96, help="patches per forward pass")
+    p.add_argument("--loader", choices=["auto", "pillow", "dali"], default="auto")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--num_workers", type=non_negative_int, default=0)
+
+
+# The scoring flags that hyperiqa.evaluation.score_files takes as keywords.
+SCORING_OPTIONS = (
+    "device",
+    "loader",
+    "num_workers",
+    "batch_size",
+    "resize",
+    "patch_num",
+    "patch_size",
+)
+
+
+def scoring_options(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in SCORING_OPTIONS}
+
+
+def parse_scoring_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    check_patch_fits(parser, args)
+    return args
 
 
 def format_lr(lr: float) -> str:

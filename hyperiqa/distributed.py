@@ -74,16 +74,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def per_rank_batch(batch_size: int, info: DistInfo) -> int:
-    """--batch_size is the global batch; each rank takes an equal part."""
-    if batch_size % info.world_size:
-        raise UserError(
-            f"--batch_size {batch_size} does not divide evenly over {info.world_size} "
-            f"processes; use a multiple of {info.world_size}"
-        )
-    return batch_size // info.world_size
-
-
 def gather_arrays(info: DistInfo, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     """Concatenate each array over all ranks (rank order), on every rank.
 

@@ -1,18 +1,27 @@
-"""The one exception type for mistakes a user can make.
+"""The exception types for mistakes a user can make, and how they are shown.
 
-Anything raised as a ``UserError`` is printed by the command-line entry points
-as a single line (no traceback) and ends the process with a non-zero exit code.
-Everything else is a bug and keeps its traceback.
+Anything raised as a ``UserError`` (or a loader's ``LoaderError``: a file it
+cannot use) is printed by the command-line entry points as a single line (no
+traceback) and ends the process with a non-zero exit code. Everything else is
+a bug and keeps its traceback.
 """
+
+from __future__ import annotations
+
+import sys
+
+from pipelines.errors import LoaderError
 
 
 class UserError(Exception):
     """A problem with the user's input: a bad path, bad data, a bad flag combination."""
 
 
-def report(prog: str, error: UserError) -> int:
-    """Print ``error`` as the one line (or short block) a user sees; return the exit code."""
-    import sys
+# What the entry points catch and print as one line.
+USER_ERRORS = (UserError, LoaderError)
 
+
+def report(prog: str, error: Exception) -> int:
+    """Print ``error`` as the one line (or short block) a user sees; return the exit code."""
     print(f"{prog}: error: {error}", file=sys.stderr)
     return 1

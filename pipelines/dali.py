@@ -9,7 +9,7 @@ image the graph is
 
 so a window comes out as one dense ``[n, P, 3, S, S]`` tensor, normalised and
 in the delivered dtype, which becomes the image-major ``[n * P, 3, S, S]`` that
-:func:`pipelines.batching.shuffle_into_batches` shuffles and cuts into batches.
+:func:`pipelines.loader.shuffle_into_batches` shuffles and cuts into batches.
 
 GPU mode (``settings.device`` is CUDA): only the file bytes and the crop
 parameters live on the host; decoding is "mixed" (nvJPEG, hardware decoder on
@@ -41,10 +41,15 @@ from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from hyperiqa.check_data import check_image
-from hyperiqa.errors import UserError
-from pipelines.batching import IMAGENET_MEAN, IMAGENET_STD, PatchBatch, shuffle_into_batches
-from pipelines.factory import LoaderSettings
+from pipelines.errors import LoaderError
+from pipelines.images import check_image
+from pipelines.loader import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LoaderSettings,
+    PatchBatch,
+    shuffle_into_batches,
+)
 from pipelines.patches import PatchPlan
 
 # The dtypes DALI can write directly; anything else (bfloat16) is produced as
@@ -241,7 +246,7 @@ class _WindowPipeline:
         """
         try:
             return call()
-        except UserError:
+        except LoaderError:
             self.broken = True
             raise
         except RuntimeError as e:
@@ -253,7 +258,7 @@ class _WindowPipeline:
             paths = [self.paths[i] for i in plan.order[start:stop]]
             # "sample #k" counts within one window, so it only helps when there is one.
             in_window = paths if len(windows) == 1 else None
-            raise UserError(_decode_error_message(str(e), paths, in_window)) from None
+            raise LoaderError(_decode_error_message(str(e), paths, in_window)) from None
 
     def _to_torch(self, output) -> torch.Tensor:
         """Copy one window out of DALI's buffer into a fresh tensor on the target device."""
@@ -279,7 +284,7 @@ def _read_bytes(path: Path) -> np.ndarray:
     try:
         return np.fromfile(path, dtype=np.uint8)
     except OSError as e:
-        raise UserError(f"cannot read image {path}: {e.strerror or e}") from None
+        raise LoaderError(f"cannot read image {path}: {e.strerror or e}") from None
 
 
 def _decode_error_message(
@@ -306,12 +311,9 @@ class DaliLoader:
 
     name = "dali"
 
-    def __init__(
-        self, paths: Sequence[Path], scores: Sequence[float], settings: LoaderSettings
-    ) -> None:
+    def __init__(self, paths: Sequence[Path], settings: LoaderSettings) -> None:
         self.paths = [Path(p) for p in paths]
         self.settings = settings
-        self.scores = torch.tensor(list(scores), dtype=torch.float32, device=settings.device)
         # Reads the next windows' files in parallel while the trainer runs.
         self._reader = ThreadPoolExecutor(max_workers=settings.dali_threads)
         # Building a pipeline is expensive: one per graph shape, reused every epoch.
@@ -344,9 +346,7 @@ class DaliLoader:
         pipe = self._pipeline(plan)
         dtype = self.settings.dtype
         finish = (lambda x: x) if pipe.out_dtype == dtype else (lambda x: x.to(dtype))
-        yield from shuffle_into_batches(
-            plan, pipe.windows(plan), self.scores, self.settings.batch_size, finish
-        )
+        yield from shuffle_into_batches(plan, pipe.windows(plan), self.settings.batch_size, finish)
 
     def close(self) -> None:
         for pipe in self._pipelines.values():

@@ -8,46 +8,24 @@ conversion and ImageNet normalisation happen per batch on the target device.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from hyperiqa.errors import UserError
-from pipelines.batching import PatchBatch, normalize_uint8, shuffle_into_batches
+from pipelines.errors import LoaderError
+from pipelines.images import ignore_interrupt, load_resized
+from pipelines.loader import (
+    LoaderSettings,
+    PatchBatch,
+    normalize_uint8,
+    shuffle_into_batches,
+)
 from pipelines.patches import PatchPlan
 
-_EXIF_ORIENTATION = 0x0112
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode any image Pillow reads to RGB, honouring its EXIF orientation.
-
-    DALI's decoder also applies the EXIF orientation, so both loaders see the
-    same upright picture.
-    """
-    with Image.open(path) as img:
-        # exif_transpose and convert each copy the whole image even when there
-        # is nothing to do; skipping them then gives the same pixels, faster.
-        if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-            img = ImageOps.exif_transpose(img)
-        if img.mode != "RGB":
-            return img.convert("RGB")
-        img.load()  # the pixels must outlive the file, which closes here
-        return img
-
-
-def load_resized(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """Decode, convert to RGB and resize the whole image to ``size`` = (H, W): uint8 [H, W, 3]."""
-    height, width = size
-    img = load_rgb(path)
-    if img.size != (width, height):
-        img = img.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(img)
+CHECK_HINT = "python -m hyperiqa.check_data lists every unusable image"
 
 
 def cut_patches(
@@ -64,12 +42,9 @@ def cut_patches(
     return out
 
 
-CHECK_HINT = "python -m hyperiqa.check_data lists every unusable image"
-
-
 def _patches_or_raise(item: torch.Tensor | str) -> torch.Tensor:
     if isinstance(item, str):
-        raise UserError(item)
+        raise LoaderError(item)
     return item
 
 
@@ -99,68 +74,43 @@ class _PlannedPatches(Dataset):
         return torch.from_numpy(patches)
 
 
-def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """Decode workers leave Ctrl-C to the main process.
-
-    A terminal's Ctrl-C reaches the whole process group. A worker that died of
-    it would make the main process fail with "worker exited unexpectedly"
-    instead of stopping at its next safe point; the main process shuts its
-    workers down itself. SIGTERM keeps its default: Python's exit handler
-    stops leftover workers with it (ignoring it hangs the exit), and a
-    group-wide SIGTERM that kills a worker is still reported as the stop
-    (``Trainer._run_epoch``).
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 class PillowLoader:
     """Decode with Pillow in worker processes; shuffle and batch on the device."""
 
     name = "pillow"
 
-    def __init__(
-        self,
-        paths: Sequence[Path],
-        scores: Sequence[float],
-        *,
-        resize: tuple[int, int],
-        batch_size: int,
-        device: torch.device,
-        num_workers: int = 0,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
+    def __init__(self, paths: Sequence[Path], settings: LoaderSettings) -> None:
         self.paths = list(paths)
-        self.scores = torch.tensor(list(scores), dtype=torch.float32, device=device)
-        self.resize, self.batch_size, self.device = resize, batch_size, device
-        self.num_workers, self.dtype = num_workers, dtype
+        self.settings = settings
 
     def _windows(self, plan: PatchPlan) -> Iterator[torch.Tensor]:
+        settings = self.settings
         images = DataLoader(
-            _PlannedPatches(self.paths, plan, self.resize),
+            _PlannedPatches(self.paths, plan, settings.resize),
             batch_size=None,  # one image's patches per item; the window is assembled here
             shuffle=False,  # the plan already fixed the order
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if self.num_workers else None,
-            worker_init_fn=ignore_stop_signals,
+            num_workers=settings.num_workers,
+            pin_memory=settings.device.type == "cuda",
+            prefetch_factor=4 if settings.num_workers else None,
+            worker_init_fn=ignore_interrupt,
         )
         it = iter(images)
         for rows, _ in plan.windows():
             # Copy each image's patches to the device as it arrives (pinned, async),
             # so the window is assembled on the device rather than in host memory.
             parts = [
-                _patches_or_raise(next(it)).to(self.device, non_blocking=True)
+                _patches_or_raise(next(it)).to(settings.device, non_blocking=True)
                 for _ in range(rows.stop - rows.start)
             ]
             yield torch.cat(parts)
 
     def batches(self, plan: PatchPlan) -> Iterator[PatchBatch]:
+        dtype = self.settings.dtype
         yield from shuffle_into_batches(
             plan,
             self._windows(plan),
-            self.scores,
-            self.batch_size,
-            finish=lambda x: normalize_uint8(x, self.dtype),
+            self.settings.batch_size,
+            finish=lambda x: normalize_uint8(x, dtype),
         )
 
     def close(self) -> None:

@@ -14,11 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Run as `python scripts/compare_runs.py` from the repo root: make `hyperiqa` importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from hyperiqa.config import format_lr
-from hyperiqa.runs import RunSummary, find_runs
+from hyperiqa.run_folder import RunSummary, find_runs
 
 PROG = "compare_runs"
 COLUMNS = [

@@ -18,11 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-# Run as `python scripts/plot_metrics.py` from the repo root: make `hyperiqa` importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from hyperiqa.atomic import write_atomic
-from hyperiqa.runs import RunFolderError, RunSummary, load_run
+from hyperiqa.run_folder import RunFolderError, RunSummary, load_run
 
 PROG = "plot_metrics"
 

@@ -21,10 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-# Run as `python scripts/prepare_koniq.py` from the repo root: make `hyperiqa` importable
-# like in the other scripts (this one needs only the standard library and numpy).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from hyperiqa.atomic import write_bytes_atomic
 from hyperiqa.config import non_negative_int
 

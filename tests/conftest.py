@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyperiqa.synthetic import write_demo_dataset
+from scripts.make_demo_dataset import write_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

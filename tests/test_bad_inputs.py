@@ -22,12 +22,12 @@ import pytest
 import torch
 from PIL import Image
 
-import hyperiqa.run_dir
-import pipelines.factory
+import hyperiqa.run_folder
+import hyperiqa.runtime
 import train
 from hyperiqa import check_data
-from hyperiqa.synthetic import natural_image
-from pipelines.pillow import load_rgb
+from pipelines.images import load_rgb
+from scripts.make_demo_dataset import natural_image
 from tests.conftest import ROOT, assert_clean_error, make_dataset, read_json, run_cli
 from tests.conftest import tiny_train_args as base_args
 
@@ -214,7 +214,7 @@ def test_cuda_requested_without_a_gpu(data: Path, tmp_path: Path, capsys) -> Non
 def test_dali_not_installed(
     data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipelines.factory, "dali_available", lambda: False)
+    monkeypatch.setattr(hyperiqa.runtime, "dali_available", lambda: False)
     assert train.main(tiny_args(data, tmp_path / "run", "--loader", "dali")) == 1
     err = capsys.readouterr().err
     assert "--loader dali" in err and "pip install nvidia-dali" in err and "--loader pillow" in err
@@ -368,7 +368,7 @@ def test_full_disk_in_epoch_2_keeps_epoch_1_and_resumes(
     run = tmp_path / "run"
     # No validation: best_model.pkl follows every epoch, so epoch 2 must write it.
     args = tiny_args(data, run, "--epochs", "2", "--val_split", "0")
-    os_ = hyperiqa.run_dir.os
+    os_ = hyperiqa.run_folder.os
     real_fdopen, real_replace = os_.fdopen, os_.replace
 
     # Once epoch 1 is saved the disk is full: a write stops 1 MB into the file

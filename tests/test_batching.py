@@ -1,4 +1,4 @@
-"""Tests for pipelines.batching and pipelines.pillow (no model): the Pillow loader
+"""Tests for pipelines.loader and pipelines.pillow (no model): the Pillow loader
 delivers exactly the planned patches, deterministically, whatever the inputs."""
 
 from __future__ import annotations
@@ -10,16 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from hyperiqa.errors import UserError
-from pipelines.batching import (
+from pipelines.errors import LoaderError
+from pipelines.images import load_resized, load_rgb
+from pipelines.loader import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LoaderSettings,
     PatchBatch,
     normalize_uint8,
     shuffle_into_batches,
 )
 from pipelines.patches import PatchPlan, eval_plan, train_plan
-from pipelines.pillow import PillowLoader, cut_patches, load_resized, load_rgb
+from pipelines.pillow import PillowLoader, cut_patches
 
 RESIZE = (64, 80)
 S = 32
@@ -72,17 +74,16 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def dataset(images: dict[str, Path]) -> tuple[list[Path], list[float]]:
-    paths = list(images.values())
-    scores = [10.0 * (i + 1) + 0.5 for i in range(len(paths))]
-    return paths, scores
+def dataset(images: dict[str, Path]) -> tuple[list[Path]]:
+    return (list(images.values()),)
+
+
+def _settings(batch_size: int = BATCH, num_workers: int = 0) -> LoaderSettings:
+    return LoaderSettings(resize=RESIZE, batch_size=batch_size, device=CPU, num_workers=num_workers)
 
 
 def _loader(dataset, num_workers: int = 0, batch_size: int = BATCH) -> PillowLoader:
-    paths, scores = dataset
-    return PillowLoader(
-        paths, scores, resize=RESIZE, batch_size=batch_size, device=CPU, num_workers=num_workers
-    )
+    return PillowLoader(dataset[0], _settings(batch_size, num_workers))
 
 
 def _train_plan(n: int, epoch: int = 1, seed: int = 0) -> PatchPlan:
@@ -101,14 +102,9 @@ def _eval_plan(n: int, seed: int = 0) -> PatchPlan:
     return eval_plan(n, seed=seed, patches_per_image=P, patch_size=S, resize=RESIZE, window=WINDOW)
 
 
-def _collect(batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[PatchBatch]]:
+def _collect(batches) -> tuple[torch.Tensor, torch.Tensor, list[PatchBatch]]:
     got = list(batches)
-    return (
-        torch.cat([b.images for b in got]),
-        torch.cat([b.scores for b in got]),
-        torch.cat([b.image_idx for b in got]),
-        got,
-    )
+    return torch.cat([b.images for b in got]), torch.cat([b.image_idx for b in got]), got
 
 
 def _expected_stream(plan: PatchPlan, paths: list[Path]) -> tuple[torch.Tensor, np.ndarray]:
@@ -212,32 +208,30 @@ def test_normalize_uint8_dtype() -> None:
 
 
 def test_train_batches_deliver_every_planned_patch_once(dataset) -> None:
-    paths, scores = dataset
+    (paths,) = dataset
     n = len(paths)
     plan = _train_plan(n)
-    _, s, idx, got = _collect(_loader(dataset).batches(plan))
+    _, idx, got = _collect(_loader(dataset).batches(plan))
     assert n * P == 21
     # 21 patches in batches of 4: five full, one short.
     assert [b.images.shape[0] for b in got] == [4, 4, 4, 4, 4, 1]
     for b in got:
         assert b.images.shape[1:] == (3, S, S)
         assert b.images.dtype == torch.float32
-        assert b.scores.dtype == torch.float32
         assert b.image_idx.dtype == torch.int64
     assert torch.bincount(idx, minlength=n).tolist() == [P] * n
-    np.testing.assert_array_equal(s.numpy(), np.asarray(scores, dtype=np.float32)[idx.numpy()])
 
 
 def test_batches_mix_images(dataset) -> None:
     plan = _train_plan(len(dataset[0]))
-    _, _, _, got = _collect(_loader(dataset).batches(plan))
+    _, _, got = _collect(_loader(dataset).batches(plan))
     assert any(len(set(b.image_idx.tolist())) > 1 for b in got)
 
 
 def test_delivered_patches_are_the_planned_crops(dataset) -> None:
-    paths, _ = dataset
+    (paths,) = dataset
     plan = _train_plan(len(paths), epoch=3)
-    x, _, idx, _ = _collect(_loader(dataset).batches(plan))
+    x, idx, _ = _collect(_loader(dataset).batches(plan))
     expected_x, expected_idx = _expected_stream(plan, paths)
     np.testing.assert_array_equal(idx.numpy(), expected_idx)
     torch.testing.assert_close(x, expected_x, rtol=0, atol=0)
@@ -245,10 +239,10 @@ def test_delivered_patches_are_the_planned_crops(dataset) -> None:
 
 def test_flipped_patch_is_a_mirrored_crop(dataset) -> None:
     """Independently of cut_patches: find each delivered patch in the resized image."""
-    paths, _ = dataset
+    (paths,) = dataset
     plan = _train_plan(len(paths), epoch=2)
     assert plan.flips.any() and not plan.flips.all()
-    x, _, idx, _ = _collect(_loader(dataset).batches(plan))
+    x, idx, _ = _collect(_loader(dataset).batches(plan))
     row_of = {int(image): row for row, image in enumerate(plan.order)}
     for image in range(len(paths)):
         resized = load_resized(paths[image], RESIZE)
@@ -274,7 +268,7 @@ def test_loader_is_deterministic(dataset) -> None:
     loader = _loader(dataset)
     a = _collect(loader.batches(plan))
     b = _collect(loader.batches(plan))
-    for ta, tb in zip(a[:3], b[:3], strict=True):
+    for ta, tb in zip(a[:2], b[:2], strict=True):
         assert torch.equal(ta, tb)
 
 
@@ -289,49 +283,45 @@ def test_workers_give_identical_tensors(dataset) -> None:
     plan = _train_plan(len(dataset[0]), epoch=5)
     a = _collect(_loader(dataset, num_workers=0).batches(plan))
     b = _collect(_loader(dataset, num_workers=2).batches(plan))
-    for ta, tb in zip(a[:3], b[:3], strict=True):
+    for ta, tb in zip(a[:2], b[:2], strict=True):
         assert torch.equal(ta, tb)
 
 
 def test_val_batches_identical_across_epochs(dataset) -> None:
-    paths, _ = dataset
+    (paths,) = dataset
     loader = _loader(dataset)
     epoch1 = _collect(loader.batches(_eval_plan(len(paths))))
     epoch2 = _collect(loader.batches(_eval_plan(len(paths))))
-    for ta, tb in zip(epoch1[:3], epoch2[:3], strict=True):
+    for ta, tb in zip(epoch1[:2], epoch2[:2], strict=True):
         assert torch.equal(ta, tb)
     # Eval order: image-major, no shuffle.
-    assert epoch1[2].tolist() == np.repeat(np.arange(len(paths)), P).tolist()
+    assert epoch1[1].tolist() == np.repeat(np.arange(len(paths)), P).tolist()
     expected_x, _ = _expected_stream(_eval_plan(len(paths)), paths)
     assert torch.equal(epoch1[0], expected_x)
 
 
 def test_subset_plan_uses_image_indices(dataset) -> None:
     """A plan over fewer images than the loader holds indexes the first ones."""
-    _, scores = dataset
     plan = _train_plan(4)
-    _, s, idx, _ = _collect(_loader(dataset).batches(plan))
+    _, idx, _ = _collect(_loader(dataset).batches(plan))
     assert sorted(set(idx.tolist())) == [0, 1, 2, 3]
-    np.testing.assert_array_equal(s.numpy(), np.asarray(scores, dtype=np.float32)[idx.numpy()])
 
 
 def test_batch_size_larger_than_plan(dataset) -> None:
     plan = _train_plan(len(dataset[0]))
-    _, _, _, got = _collect(_loader(dataset, batch_size=100).batches(plan))
+    _, _, got = _collect(_loader(dataset, batch_size=100).batches(plan))
     assert [b.images.shape[0] for b in got] == [21]
 
 
 def test_batch_size_dividing_plan_has_no_short_batch(dataset) -> None:
     plan = _train_plan(len(dataset[0]))
-    _, _, _, got = _collect(_loader(dataset, batch_size=7).batches(plan))
+    _, _, got = _collect(_loader(dataset, batch_size=7).batches(plan))
     assert [b.images.shape[0] for b in got] == [7, 7, 7]
 
 
 def test_missing_file_raises(tmp_path: Path) -> None:
-    loader = PillowLoader(
-        [tmp_path / "gone.jpg"], [1.0], resize=RESIZE, batch_size=BATCH, device=CPU
-    )
-    with pytest.raises(UserError, match=r"gone\.jpg"):
+    loader = PillowLoader([tmp_path / "gone.jpg"], _settings())
+    with pytest.raises(LoaderError, match=r"gone\.jpg"):
         list(loader.batches(_train_plan(1)))
 
 
@@ -353,8 +343,7 @@ def _tagged_windows(plan: PatchPlan) -> list[torch.Tensor]:
 def test_shuffle_into_batches_bookkeeping(batch_size: int) -> None:
     n = 7
     plan = _train_plan(n, epoch=4)
-    scores = torch.arange(n, dtype=torch.float32) * 2 + 1
-    got = list(shuffle_into_batches(plan, _tagged_windows(plan), scores, batch_size))
+    got = list(shuffle_into_batches(plan, _tagged_windows(plan), batch_size))
     sizes = [b.images.shape[0] for b in got]
     assert sum(sizes) == n * P
     assert all(sz == batch_size for sz in sizes[:-1]) and 0 < sizes[-1] <= batch_size
@@ -363,7 +352,6 @@ def test_shuffle_into_batches_bookkeeping(batch_size: int) -> None:
     # Every (image, k) exactly once, and image_idx agrees with the patch it labels.
     assert sorted(tags.tolist()) == sorted(i * 100 + k for i in range(n) for k in range(P))
     assert torch.equal(tags // 100, idx)
-    assert torch.equal(torch.cat([b.scores for b in got]), scores[idx])
 
 
 def test_shuffle_into_batches_finish_runs_per_batch() -> None:
@@ -374,8 +362,7 @@ def test_shuffle_into_batches_finish_runs_per_batch() -> None:
         seen.append(x.shape[0])
         return x * 2
 
-    scores = torch.zeros(5)
-    got = list(shuffle_into_batches(plan, _tagged_windows(plan), scores, 4, finish=finish))
+    got = list(shuffle_into_batches(plan, _tagged_windows(plan), 4, finish=finish))
     assert seen == [b.images.shape[0] for b in got]
     assert all((b.images % 2 == 0).all() for b in got)
 
@@ -385,11 +372,11 @@ def test_shuffle_into_batches_rejects_wrong_patch_count() -> None:
     windows = _tagged_windows(plan)
     windows[1] = windows[1][:-1]
     with pytest.raises(RuntimeError, match="patches"):
-        list(shuffle_into_batches(plan, windows, torch.zeros(5), 4))
+        list(shuffle_into_batches(plan, windows, 4))
 
 
 def test_shuffle_into_batches_rejects_missing_window() -> None:
     plan = _train_plan(7)
     windows = _tagged_windows(plan)[:-1]
     with pytest.raises(ValueError):
-        list(shuffle_into_batches(plan, windows, torch.zeros(7), 4))
+        list(shuffle_into_batches(plan, windows, 4))

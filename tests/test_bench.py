@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import throughput
-from bench.original_loader import PerPatchDataset
-from bench.pillow_draft import load_resized_draft
-from pipelines.factory import dali_available
-from pipelines.pillow import load_resized
+import measure
+import throughput
+from original_loader import OriginalSchemeLoader
+from pipelines.factory import dali_available, make_loader
+from pipelines.loader import LoaderSettings
+from pipelines.patches import train_plan
 from tests.conftest import run_cli
 
 ENV_KEYS = {
@@ -114,18 +115,10 @@ def test_koniq_estimate_for_train_rows(bench_run):
 
 
 def test_missing_dali_skips_its_rows(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(throughput, "dali_available", lambda: False)
+    monkeypatch.setattr(measure, "dali_available", lambda: False)
     out = tmp_path / "out.json"
-    args = [
-        *TINY,
-        "--data_dir",
-        str(tmp_path / "data"),
-        "--only",
-        "loader/dali",
-        "--json",
-        str(out),
-    ]
-    assert throughput.main(args) == 0
+    args = [*TINY, "--data_dir", str(tmp_path / "data"), "--only", "loader/dali"]
+    assert throughput.main([*args, "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["results"]
     assert row["name"] == "loader/dali-cpu"
     assert "DALI unavailable" in row["skipped"]
@@ -133,39 +126,50 @@ def test_missing_dali_skips_its_rows(tmp_path, monkeypatch, capsys):
     assert "skipped" in capsys.readouterr().out
 
 
-def test_original_dataset_one_decode_per_item(tmp_path):
+def _jpegs(tmp_path: Path, n: int) -> list[Path]:
     paths = []
-    for i in range(2):
+    rng = np.random.default_rng(0)
+    for i in range(n):
         path = tmp_path / f"{i}.jpg"
-        Image.fromarray(np.full((240, 256, 3), 60 * i, np.uint8)).save(path)
+        Image.fromarray(rng.integers(0, 255, (60, 70, 3), dtype=np.uint8)).save(path)
         paths.append(path)
-    ds = PerPatchDataset(paths, [10.0, 20.0], patch_num=3, resize=(240, 256), patch_size=224)
-    assert len(ds) == 6
-    x, score = ds[4]  # item 4 = patch 1 of image 1
-    assert x.shape == (3, 224, 224) and x.dtype == torch.float32
-    assert score == 20.0
+    return paths
 
 
-def test_draft_decode_returns_the_training_size(tmp_path):
-    y, x = np.mgrid[0:192, 0:256]
-    waves = [128 + 100 * np.sin(x / 9.0 + c) * np.cos(y / 13.0 - c) for c in range(3)]
-    big = Image.fromarray(np.stack(waves, axis=-1).astype(np.uint8))  # 2x the target size
-    jpg, png = tmp_path / "a.jpg", tmp_path / "a.png"
-    big.save(jpg, quality=90)
-    big.save(png)
-    for path in (jpg, png):
-        out = load_resized_draft(path, (96, 128))
-        assert out.shape == (96, 128, 3) and out.dtype == np.uint8
-    # Not identical to a full decode + bilinear resize, but the same picture.
-    diff = np.abs(load_resized_draft(jpg, (96, 128)).astype(int) - load_resized(jpg, (96, 128)))
-    assert diff.mean() < 5
+def test_original_scheme_cuts_the_same_patches_as_pillow(tmp_path):
+    """Same plan, same patches: the original scheme differs only in decoding per patch."""
+    paths = _jpegs(tmp_path, 3)
+    settings = LoaderSettings(resize=(48, 64), batch_size=4, device=torch.device("cpu"))
+    plan = train_plan(
+        3, seed=1, epoch=2, patches_per_image=3, patch_size=32, resize=(48, 64), window=2
+    )
+    ours = list(make_loader("pillow", paths, settings).batches(plan))
+    original = list(OriginalSchemeLoader(paths, settings).batches(plan))
+    assert [b.images.shape[0] for b in original] == [b.images.shape[0] for b in ours]
+    for a, b in zip(ours, original, strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.image_idx, b.image_idx)
+
+
+def test_synthetic_loader_follows_the_plan(tmp_path):
+    paths = _jpegs(tmp_path, 5)
+    settings = LoaderSettings(resize=(48, 64), batch_size=4, device=torch.device("cpu"))
+    plan = train_plan(
+        5, seed=1, epoch=1, patches_per_image=2, patch_size=32, resize=(48, 64), window=2
+    )
+    synthetic = list(make_loader("synthetic", paths, settings).batches(plan))
+    pillow = list(make_loader("pillow", paths, settings).batches(plan))
+    assert [b.images.shape for b in synthetic] == [b.images.shape for b in pillow]
+    assert torch.equal(
+        torch.cat([b.image_idx for b in synthetic]), torch.cat([b.image_idx for b in pillow])
+    )
 
 
 def test_quick_defaults_on_cpu(tmp_path):
-    bench = throughput.setup(
+    args = throughput.build_parser().parse_args(
         ["--device", "cpu", "--quick", "--images", "2", "--image_size", "240x256",
          "--data_dir", str(tmp_path)]
     )  # fmt: skip
-    assert bench.batch_size == 16 and bench.seconds == 8.0
-    assert len(bench.paths) == 7252 and bench.files == 2
-    assert Path(bench.paths[3]) == Path(bench.paths[1])
+    setup = throughput.setup(args)
+    assert setup.batch_size == 16 and setup.seconds == 8.0
+    assert len(setup.paths) == 7252 and setup.files == 2
+    assert Path(setup.paths[3]) == Path(setup.paths[1])

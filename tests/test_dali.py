@@ -16,10 +16,10 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
-from hyperiqa.errors import UserError
-from pipelines.batching import IMAGENET_MEAN, IMAGENET_STD, PatchBatch
 from pipelines.dali import DaliLoader
-from pipelines.factory import LoaderSettings, make_loader
+from pipelines.errors import LoaderError
+from pipelines.factory import make_loader
+from pipelines.loader import IMAGENET_MEAN, IMAGENET_STD, LoaderSettings, PatchBatch
 from pipelines.patches import PatchPlan, eval_plan, train_plan
 
 RESIZE = (96, 128)  # (H, W)
@@ -75,10 +75,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
-def _scores(n: int) -> list[float]:
-    return [10.0 + 3.5 * i for i in range(n)]
-
-
 def _settings(device: torch.device = CPU, **kw) -> LoaderSettings:
     base = {"resize": RESIZE, "batch_size": 7, "device": device, "dali_threads": 2}
     return LoaderSettings(**(base | kw))
@@ -101,12 +97,11 @@ def _grey_levels(x: torch.Tensor) -> torch.Tensor:
     return (x.detach().float().cpu() * std + mean) * 255.0
 
 
-def _stream(batches: list[PatchBatch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All batches of an epoch joined: (grey-level patches, image_idx, scores), on the CPU."""
+def _stream(batches: list[PatchBatch]) -> tuple[torch.Tensor, torch.Tensor]:
+    """All batches of an epoch joined: (grey-level patches, image_idx), on the CPU."""
     return (
         torch.cat([_grey_levels(b.images) for b in batches]),
         torch.cat([b.image_idx.cpu() for b in batches]),
-        torch.cat([b.scores.cpu() for b in batches]),
     )
 
 
@@ -116,14 +111,14 @@ def _run(loader, plan: PatchPlan) -> list[PatchBatch]:
 
 @pytest.fixture(scope="module")
 def cpu_loader(images: list[Path]):
-    loader = DaliLoader(images, _scores(len(images)), _settings())
+    loader = DaliLoader(images, _settings())
     yield loader
     loader.close()
 
 
 @pytest.fixture(scope="module")
 def pillow_loader(images: list[Path]):
-    loader = make_loader("pillow", images, _scores(len(images)), _settings())
+    loader = make_loader("pillow", images, _settings())
     yield loader
     loader.close()
 
@@ -137,8 +132,8 @@ def test_cpu_patches_match_pillow(kind, images, cpu_loader, pillow_loader):
     plan = _train(n) if kind == "train" else _eval(n)
     if kind == "train":
         assert plan.flips.any() and not plan.flips.all()  # both mirrored and plain patches
-    dali_x, dali_idx, _ = _stream(_run(cpu_loader, plan))
-    ref_x, ref_idx, _ = _stream(_run(pillow_loader, plan))
+    dali_x, dali_idx = _stream(_run(cpu_loader, plan))
+    ref_x, ref_idx = _stream(_run(pillow_loader, plan))
 
     assert torch.equal(dali_idx, ref_idx)  # same shuffle: patch i is the same planned patch
     diff = (dali_x - ref_x).abs()
@@ -155,7 +150,7 @@ def test_cpu_patches_match_pillow(kind, images, cpu_loader, pillow_loader):
 # -- the batching contract -----------------------------------------------------------------
 
 
-def test_batches_shapes_scores_and_coverage(images, cpu_loader):
+def test_batches_shapes_and_coverage(images, cpu_loader):
     n = len(images)
     plan = _train(n, window=3)  # windows of 3, 3, 2 images: the last one is smaller
     assert [len(p) for p in plan.window_perms] == [3 * P, 3 * P, 2 * P]
@@ -165,13 +160,11 @@ def test_batches_shapes_scores_and_coverage(images, cpu_loader):
     batch_size = cpu_loader.settings.batch_size
     # 7 does not divide a window's 18 patches: batches straddle windows.
     assert sizes == [batch_size] * (n * P // batch_size) + [n * P % batch_size]
-    scores = torch.tensor(_scores(n))
     for b in batches:
         assert b.images.shape[1:] == (3, PATCH, PATCH)
         assert b.images.dtype == torch.float32 and b.images.device.type == "cpu"
-        assert b.scores.dtype == torch.float32 and b.image_idx.dtype == torch.int64
-        assert b.scores.shape == b.image_idx.shape == (b.images.shape[0],)
-        assert torch.equal(b.scores, scores[b.image_idx])
+        assert b.image_idx.dtype == torch.int64
+        assert b.image_idx.shape == (b.images.shape[0],)
     counts = torch.bincount(torch.cat([b.image_idx for b in batches]), minlength=n)
     assert counts.tolist() == [P] * n  # every image's P patches, each delivered once
 
@@ -187,7 +180,7 @@ def test_batches_shapes_scores_and_coverage(images, cpu_loader):
 
 def test_window_larger_than_dataset_and_single_image_windows(images):
     n = len(images)
-    loader = DaliLoader(images, _scores(n), _settings(batch_size=5))
+    loader = DaliLoader(images, _settings(batch_size=5))
     try:
         for window in (16, 1):  # one short window; then n one-image windows
             batches = _run(loader, _eval(n, window=window))
@@ -200,12 +193,11 @@ def test_window_larger_than_dataset_and_single_image_windows(images):
 
 def test_float16_output(images, cpu_loader):
     n = len(images)
-    loader = DaliLoader(images, _scores(n), _settings(dtype=torch.float16))
+    loader = DaliLoader(images, _settings(dtype=torch.float16))
     try:
         plan = _eval(n)
         half = _run(loader, plan)
         assert all(b.images.dtype == torch.float16 for b in half)
-        assert all(b.scores.dtype == torch.float32 for b in half)
         full = torch.cat([b.images for b in _run(cpu_loader, plan)])
         # float16 keeps ~3 significant digits of values within about +-2.7.
         assert (torch.cat([b.images for b in half]).float() - full).abs().max() < 5e-3
@@ -214,7 +206,7 @@ def test_float16_output(images, cpu_loader):
 
 
 def test_bfloat16_is_cast_on_the_torch_side(images):
-    loader = DaliLoader(images[:3], _scores(3), _settings(dtype=torch.bfloat16))
+    loader = DaliLoader(images[:3], _settings(dtype=torch.bfloat16))
     try:
         batches = _run(loader, _eval(3))
         assert all(b.images.dtype == torch.bfloat16 for b in batches)
@@ -227,7 +219,7 @@ def test_bfloat16_is_cast_on_the_torch_side(images):
 
 def test_two_epochs_same_plan_identical_and_pipeline_reused(images):
     n = len(images)
-    loader = DaliLoader(images, _scores(n), _settings())
+    loader = DaliLoader(images, _settings())
     try:
         plan = _train(n)
         first = _run(loader, plan)
@@ -259,7 +251,7 @@ def test_abandoned_epoch_leaves_no_stale_windows(images, cpu_loader):
 
 
 def test_close_in_the_middle_of_an_epoch(images):
-    loader = DaliLoader(images, _scores(len(images)), _settings())
+    loader = DaliLoader(images, _settings())
     it = loader.batches(_train(len(images), window=2))
     next(it)
     loader.close()
@@ -268,7 +260,7 @@ def test_close_in_the_middle_of_an_epoch(images):
 
 
 def test_factory_builds_dali_loader(images):
-    loader = make_loader("dali", images[:2], _scores(2), _settings())
+    loader = make_loader("dali", images[:2], _settings())
     try:
         assert isinstance(loader, DaliLoader) and loader.name == "dali"
     finally:
@@ -284,9 +276,9 @@ def test_corrupt_file_raises_user_error_naming_it(damage, images, tmp_path):
     bad = tmp_path / f"{damage}.jpg"
     bad.write_bytes(good[:1500] if damage == "truncated" else b"definitely not a JPEG " * 20)
     paths = [*images[:4], bad, *images[4:6]]
-    loader = DaliLoader(paths, _scores(len(paths)), _settings())
+    loader = DaliLoader(paths, _settings())
     try:
-        with pytest.raises(UserError, match=re.escape(bad.name)):
+        with pytest.raises(LoaderError, match=re.escape(bad.name)):
             _run(loader, _eval(len(paths), window=2))
         # The dead pipeline is replaced: a plan without the bad image works again.
         fine = _run(loader, _eval(4, window=2))
@@ -297,9 +289,9 @@ def test_corrupt_file_raises_user_error_naming_it(damage, images, tmp_path):
 
 def test_missing_file_raises_user_error(images, tmp_path):
     paths = [*images[:2], tmp_path / "gone.jpg"]
-    loader = DaliLoader(paths, _scores(3), _settings())
+    loader = DaliLoader(paths, _settings())
     try:
-        with pytest.raises(UserError, match=re.escape("gone.jpg")):
+        with pytest.raises(LoaderError, match=re.escape("gone.jpg")):
             _run(loader, _eval(3))
     finally:
         loader.close()
@@ -330,13 +322,12 @@ def test_plan_for_another_resize_is_rejected(images, cpu_loader):
 def test_gpu_batches_on_cuda(images):
     n = len(images)
     cuda = torch.device("cuda")
-    loader = DaliLoader(images, _scores(n), _settings(cuda, dtype=torch.float16))
+    loader = DaliLoader(images, _settings(cuda, dtype=torch.float16))
     try:
         batches = _run(loader, _train(n))
         for b in batches:
-            assert b.images.device.type == b.scores.device.type == b.image_idx.device.type == "cuda"
+            assert b.images.device.type == b.image_idx.device.type == "cuda"
             assert b.images.dtype == torch.float16
-            assert torch.equal(b.scores, loader.scores[b.image_idx])
         assert sum(b.images.shape[0] for b in batches) == n * P
     finally:
         loader.close()
@@ -348,14 +339,14 @@ def test_gpu_batches_on_cuda(images):
 def test_gpu_patches_match_cpu(kind, images, cpu_loader):
     n = len(images)
     plan = _train(n) if kind == "train" else _eval(n)
-    loader = DaliLoader(images, _scores(n), _settings(torch.device("cuda")))
+    loader = DaliLoader(images, _settings(torch.device("cuda")))
     try:
-        gpu_x, gpu_idx, _ = _stream(_run(loader, plan))
+        gpu_x, gpu_idx = _stream(_run(loader, plan))
         # Twice, to check determinism and pipeline reuse on the GPU too.
-        again_x, _, _ = _stream(_run(loader, plan))
+        again_x, _ = _stream(_run(loader, plan))
     finally:
         loader.close()
-    cpu_x, cpu_idx, _ = _stream(_run(cpu_loader, plan))
+    cpu_x, cpu_idx = _stream(_run(cpu_loader, plan))
     assert torch.equal(gpu_idx, cpu_idx)
     diff = (gpu_x - cpu_x).abs()
     assert diff.mean() < GPU_MEAN_TOL, f"mean abs diff {diff.mean():.3f} grey levels"

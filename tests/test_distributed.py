@@ -13,7 +13,7 @@ import pytest
 
 import evaluate
 from hyperiqa.data import load_samples, split_samples
-from hyperiqa.distributed import DistInfo, gather_arrays, per_rank_batch, run_on_main
+from hyperiqa.distributed import DistInfo, gather_arrays, run_on_main
 from hyperiqa.errors import UserError
 from tests.conftest import ROOT, make_dataset, read_json, tiny_train_args
 
@@ -32,9 +32,11 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     args += ["--batch_size", "4", "--val_split", "0.3", "--train_patch_num", str(TRAIN_PATCHES)]
     args += ["--val_patch_num", str(VAL_PATCHES)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    env = {**os.environ, "HYPERIQA_TRACE_PATCHES": str(trace), "OMP_NUM_THREADS": "1"}
+    # The driver records each rank's batches from outside the training loop.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # for `import train`
+    driver = [str(ROOT / "tests" / "trace_patches.py"), str(trace)]
     proc = subprocess.run(
-        [*cmd, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [*cmd, *driver, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return data, run, trace
@@ -90,12 +92,6 @@ def test_val_metrics_equal_a_single_process_evaluation(
     assert result["plcc"] == pytest.approx(best["val_plcc"], abs=1e-4)
 
 
-def test_global_batch_must_divide_over_ranks() -> None:
-    assert per_rank_batch(96, DistInfo(rank=0, world_size=4)) == 24
-    with pytest.raises(UserError, match="--batch_size 96 does not divide evenly over 5"):
-        per_rank_batch(96, DistInfo(rank=0, world_size=5))
-
-
 def test_single_process_helpers_are_no_ops() -> None:
     info = DistInfo()
     a, b = np.arange(3), np.ones(2)
@@ -113,13 +109,12 @@ def test_train_sh_rejects_a_bad_gpu_count() -> None:
 
 
 def test_resume_command_repeats_the_launcher(tmp_path: Path) -> None:
-    from hyperiqa.run_dir import RunDir
-    from hyperiqa.train_run import resume_command
+    from hyperiqa.run_folder import RunFolder
 
-    run = RunDir(tmp_path / "r")
-    single = resume_command(run, ["--epochs", "3", "--overwrite"])
+    run = RunFolder(tmp_path / "r")
+    single = run.resume_command(["--epochs", "3", "--overwrite"])
     assert single.startswith("python train.py --epochs 3 --resume --checkpoint_dir")
     assert "--overwrite" not in single
-    assert resume_command(run, ["--epochs", "3"], world_size=4).startswith(
+    assert run.resume_command(["--epochs", "3"], world_size=4).startswith(
         "torchrun --nproc_per_node 4 train.py --epochs 3 --resume"
     )

@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import hyperiqa.train_run
 import train
-from hyperiqa.trainer import Interrupted, Trainer
+from hyperiqa.stopping import Interrupted, StopSignals
 from tests.conftest import ROOT, make_dataset, read_json, tiny_train_args
 
 EPOCHS = 3
@@ -258,22 +257,28 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_the_printed_command_resumes(
 
 
 def test_a_second_signal_stops_at_once(capfd: pytest.CaptureFixture) -> None:
-    trainer = Trainer.__new__(Trainer)  # only the signal bookkeeping is needed
-    trainer._stop_signal = None
-    trainer._on_signal(signal.SIGINT, None)  # the first one only asks
-    assert trainer._stop_signal == signal.SIGINT
-    assert "SIGINT: stopping at the next safe point" in capfd.readouterr().err
-    with pytest.raises(Interrupted):
-        trainer._on_signal(signal.SIGINT, None)
+    with StopSignals() as stop, stop.deferred():
+        os.kill(os.getpid(), signal.SIGINT)  # the first one only asks
+        assert stop.requested == signal.SIGINT
+        assert "SIGINT: stopping at the next safe point" in capfd.readouterr().err
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_a_signal_during_setup_stops_at_once() -> None:
+    with StopSignals() as stop, pytest.raises(Interrupted):
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.requested is None
 
 
 def test_ctrl_c_during_setup_is_one_line(
     data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def interrupted(*_args: object, **_kwargs: object) -> None:
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the images are being checked
 
-    monkeypatch.setattr(hyperiqa.train_run, "check_dataset", interrupted)
+    monkeypatch.setattr(train, "check_dataset", interrupted)
     assert train.main(three_epoch_args(data, tmp_path / "run")) == 130
     assert capsys.readouterr().err == "train.py: interrupted during setup, before any epoch ran\n"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hyperiqa.runs import RunFolderError, find_runs, load_run
+from hyperiqa.run_folder import RunFolderError, find_runs, load_run
 
 REPO = Path(__file__).resolve().parents[1]
 PLOT = REPO / "scripts" / "plot_metrics.py"
@@ -75,7 +75,7 @@ def run_cli(script: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-# --- hyperiqa.runs -------------------------------------------------------------------------
+# --- hyperiqa.run_folder -------------------------------------------------------------------------
 
 
 def test_load_run_finished(tmp_path: Path) -> None:

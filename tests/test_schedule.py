@@ -67,7 +67,7 @@ def cfg():
 
 
 def test_make_optimizer_groups(model: HyperNet, cfg) -> None:
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, lr=cfg.lr, lr_ratio=cfg.lr_ratio, weight_decay=cfg.weight_decay)
     assert isinstance(opt, torch.optim.Adam)
     assert len(opt.param_groups) == 2
     hyper, backbone = opt.param_groups
@@ -88,13 +88,13 @@ def test_make_optimizer_groups(model: HyperNet, cfg) -> None:
 
 def test_make_optimizer_groups_are_lists_not_exhausted_iterators(model: HyperNet, cfg) -> None:
     # The original's `filter` iterator left the hyper group empty on rebuild.
-    first = make_optimizer(model, cfg)
-    second = make_optimizer(model, cfg)
+    first = make_optimizer(model, lr=cfg.lr, lr_ratio=cfg.lr_ratio, weight_decay=cfg.weight_decay)
+    second = make_optimizer(model, lr=cfg.lr, lr_ratio=cfg.lr_ratio, weight_decay=cfg.weight_decay)
     assert len(second.param_groups[0]["params"]) == len(first.param_groups[0]["params"]) > 0
 
 
 def test_apply_schedule_changes_rates_in_place(model: HyperNet, cfg) -> None:
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, lr=cfg.lr, lr_ratio=cfg.lr_ratio, weight_decay=cfg.weight_decay)
     groups = opt.param_groups
     group_objs = list(groups)
     params_before = [list(g["params"]) for g in groups]
@@ -111,7 +111,7 @@ def test_apply_schedule_changes_rates_in_place(model: HyperNet, cfg) -> None:
 
     try:
         for epoch in range(1, 11):
-            apply_schedule(opt, epoch, cfg)
+            apply_schedule(opt, epoch, lr=cfg.lr, lr_ratio=cfg.lr_ratio)
             backbone, hypernet = GUIDE[epoch]
             assert opt.param_groups is groups
             assert all(a is b for a, b in zip(opt.param_groups, group_objs, strict=True))

@@ -1,4 +1,4 @@
-"""Tests for hyperiqa.synthetic and scripts/make_demo_dataset.py (CPU, small sizes)."""
+"""Tests for scripts/make_demo_dataset.py (CPU, small sizes)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from scipy.stats import spearmanr
 
-from hyperiqa.synthetic import (
+from scripts.make_demo_dataset import (
     DISTORTION_KINDS,
     distort,
     natural_image,

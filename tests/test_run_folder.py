@@ -1,4 +1,4 @@
-"""Tests for hyperiqa.run_dir: atomic writes, refusing to overwrite a run,
+"""Tests for hyperiqa.run_folder: atomic writes, refusing to overwrite a run,
 clearing an old run, and the run logger."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyperiqa import run_dir as rd
+from hyperiqa import run_folder as rd
 from hyperiqa.errors import UserError
-from hyperiqa.run_dir import (
-    RunDir,
+from hyperiqa.run_folder import (
+    RunFolder,
     WriteError,
     epoch_checkpoint,
     run_logger,
@@ -86,7 +86,7 @@ def test_failed_write_midway_keeps_previous_file(tmp_path: Path, monkeypatch) ->
         f.write(b"partial bytes")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(rd.torch, "save", half_then_fail)
+    monkeypatch.setattr(torch, "save", half_then_fail)
     with pytest.raises(WriteError, match=r"best_model\.pkl"):
         save_torch_atomic(path, {"w": torch.zeros(3)})
     assert path.read_bytes() == before
@@ -127,7 +127,7 @@ def test_save_torch_atomic_round_trips(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["best_model.pkl"]
 
 
-# -- RunDir ------------------------------------------------------------------------------------
+# -- RunFolder ------------------------------------------------------------------------------------
 
 
 def _fill_run(folder: Path) -> None:
@@ -140,7 +140,7 @@ def _fill_run(folder: Path) -> None:
 
 
 def test_holds_run(tmp_path: Path) -> None:
-    run = RunDir(tmp_path / "run")
+    run = RunFolder(tmp_path / "run")
     assert not run.holds_run()  # folder missing
     run.path.mkdir()
     assert not run.holds_run()
@@ -148,7 +148,7 @@ def test_holds_run(tmp_path: Path) -> None:
     (run.path / "notes.txt").write_text("x")
     assert not run.holds_run()  # a log alone is no run
     for marker in ("args.json", "metrics.json", "best_model.pkl", "resume_state.pt"):
-        other = RunDir(tmp_path / marker)
+        other = RunFolder(tmp_path / marker)
         other.path.mkdir()
         (other.path / marker).write_text("x")
         assert other.holds_run(), marker
@@ -160,7 +160,7 @@ def test_refuse_existing_names_both_flags_and_changes_nothing(tmp_path: Path) ->
     (folder / "notes.txt").write_text("mine")
     before = _listing(folder)
     with pytest.raises(UserError) as exc:
-        RunDir(folder).refuse_existing()
+        RunFolder(folder).refuse_existing()
     message = str(exc.value)
     assert "--resume" in message and "--overwrite" in message
     assert str(folder) in message
@@ -168,10 +168,10 @@ def test_refuse_existing_names_both_flags_and_changes_nothing(tmp_path: Path) ->
 
 
 def test_refuse_existing_passes_on_empty_or_missing(tmp_path: Path) -> None:
-    RunDir(tmp_path / "missing").refuse_existing()
+    RunFolder(tmp_path / "missing").refuse_existing()
     assert not (tmp_path / "missing").exists()
     (tmp_path / "empty").mkdir()
-    RunDir(tmp_path / "empty").refuse_existing()
+    RunFolder(tmp_path / "empty").refuse_existing()
 
 
 def test_clear_previous_run_removes_only_run_files(tmp_path: Path) -> None:
@@ -187,7 +187,7 @@ def test_clear_previous_run_removes_only_run_files(tmp_path: Path) -> None:
         (folder / name).write_bytes(data)
     (folder / "plots").mkdir()
     (folder / "plots" / "args.json").write_text("{}")
-    RunDir(folder).clear_previous_run()
+    RunFolder(folder).clear_previous_run()
     assert sorted(p.name for p in folder.iterdir()) == sorted([*keep, "plots"])
     for name, data in keep.items():
         assert (folder / name).read_bytes() == data
@@ -195,7 +195,7 @@ def test_clear_previous_run_removes_only_run_files(tmp_path: Path) -> None:
 
 
 def test_check_writable_creates_folder(tmp_path: Path) -> None:
-    run = RunDir(tmp_path / "a" / "b" / "run")
+    run = RunFolder(tmp_path / "a" / "b" / "run")
     run.check_writable()
     assert run.path.is_dir()
     run.check_writable()  # existing folder: fine
@@ -203,7 +203,7 @@ def test_check_writable_creates_folder(tmp_path: Path) -> None:
 
 def test_check_writable_under_a_file_is_a_write_error(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
-    run = RunDir(tmp_path / "afile" / "run")
+    run = RunFolder(tmp_path / "afile" / "run")
     with pytest.raises(WriteError) as exc:
         run.check_writable()
     assert str(run.path) in str(exc.value)
@@ -216,13 +216,13 @@ def test_check_writable_read_only_parent(tmp_path: Path) -> None:
     parent.chmod(0o500)
     try:
         with pytest.raises(WriteError):
-            RunDir(parent / "run").check_writable()
+            RunFolder(parent / "run").check_writable()
     finally:
         parent.chmod(0o700)
 
 
 def test_run_dir_json_and_save(tmp_path: Path) -> None:
-    run = RunDir(tmp_path)
+    run = RunFolder(tmp_path)
     run.write_json("metrics.json", {"epochs": []})
     assert run.read_json("metrics.json") == {"epochs": []}
     run.save(epoch_checkpoint(3), {"x": torch.ones(1)})
@@ -233,7 +233,7 @@ def test_run_dir_json_and_save(tmp_path: Path) -> None:
 
 
 def test_read_json_errors(tmp_path: Path) -> None:
-    run = RunDir(tmp_path)
+    run = RunFolder(tmp_path)
     with pytest.raises(UserError, match="missing"):
         run.read_json("args.json")
     (tmp_path / "args.json").write_text("{broken")

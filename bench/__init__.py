@@ -1,1 +1,0 @@
-"""Benchmarks: loader and end-to-end training throughput (``python bench/throughput.py``)."""

@@ -1,0 +1,44 @@
+"""The shape of the code: one-way dependencies, no import cycles, small modules."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts" / "import_graph.py")
+import_graph = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(import_graph)
+
+MAX_MODULE_LINES = 500
+
+
+def test_dependencies_run_one_way_without_cycles() -> None:
+    graph = import_graph.import_graph()
+    assert import_graph.violations(graph) == []
+    # The rule holds for real: the library uses the loaders, never the other way.
+    assert any(dst.startswith("pipelines.") for dst in graph["hyperiqa.runtime"])
+    assert not any(dst.startswith("hyperiqa") for src in graph if src.startswith("pipelines.")
+                   for dst in graph[src])  # fmt: skip
+
+
+def test_the_checker_sees_function_level_imports_and_cycles(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from pipelines.loader import PatchBatch\n")
+    assert import_graph.imports_of(source, "hyperiqa.m", {"pipelines.loader"}) == {
+        "pipelines.loader"
+    }
+    graph = {"pipelines.a": {"hyperiqa.b"}, "hyperiqa.b": {"pipelines.a"}}
+    problems = import_graph.violations(graph)
+    assert any("pipelines must not depend on hyperiqa" in p for p in problems)
+    assert any(p.startswith("import cycle among: hyperiqa.b, pipelines.a") for p in problems)
+
+
+def test_no_module_is_too_long_to_read() -> None:
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in import_graph.project_modules().values()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
