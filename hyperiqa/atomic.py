@@ -2,16 +2,19 @@
 
 A file is written to a temporary name in its folder, flushed to disk and
 renamed over the target: a crash, a Ctrl-C or a full disk leaves the previous
-version (or nothing), never half a file. Torch-free, so the light scripts
-(prepare_koniq, plot_metrics) use it without importing torch.
+version (or nothing), never half a file. write_all_or_nothing extends this to
+a group of files that belong together (the splits of one dataset). Torch-free,
+so the light scripts (the dataset preparers, plot_metrics) use it without
+importing torch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -57,3 +60,130 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, lambda f: f.write(data))
+
+
+class GroupWriteError(OSError):
+    """A group of files could not be written; the message says what was kept.
+
+    ``path`` is the file that failed. ``left_new`` lists targets that hold the
+    new content although the group failed (empty unless a rollback itself
+    failed, which needs a second failure in the same folder).
+    """
+
+    def __init__(self, message: str, path: Path, left_new: list[Path]) -> None:
+        super().__init__(message)
+        self.path = path
+        self.left_new = left_new
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """``data`` in a durable temp file beside ``path``, named like write_atomic's."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    return Path(tmp_name)
+
+
+def _keep_old(path: Path) -> Path | None:
+    """A second name for the current ``path`` (a hard link, so ``path`` itself
+    never disappears), or None when there is no old file to restore."""
+    if not os.path.lexists(path) or (path.is_dir() and not path.is_symlink()):
+        return None  # nothing to keep; a rename onto a real folder fails anyway
+    fd, backup = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    os.unlink(backup)  # mkstemp reserved a fresh name; link needs it free
+    try:
+        os.link(path, backup, follow_symlinks=False)
+    except OSError:  # a file system without hard links: a copy restores it just as well
+        shutil.copy2(path, backup, follow_symlinks=False)
+    return Path(backup)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (best effort: not every OS allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_all_or_nothing(files: Mapping[Path, bytes]) -> None:
+    """Replace every file of ``files`` ({path: content}) or none of them.
+
+    Files that belong together (a train/val/test split) must never mix
+    versions: a new train split beside an old test split leaks test images
+    into training. Every file is first written in full to a temp file in its
+    own folder (fsynced); only when all are written are they renamed into
+    place. If a rename fails (say a directory squats on a target name), the
+    files renamed so far get their old content back, so every old file is left
+    as it was. The temp files are removed on any failure, Ctrl-C included.
+
+    Raises GroupWriteError, whose message ends by saying that nothing was
+    replaced. A crash (power loss, SIGKILL) between two renames can still
+    leave a mix; the window is a few system calls long.
+    """
+    paths = [Path(p) for p in files]
+    if len({os.path.abspath(p) for p in paths}) != len(paths):
+        raise ValueError("write_all_or_nothing: the same file is listed twice")
+    names = ", ".join(p.name for p in paths)
+    temps: dict[Path, Path] = {}
+    backups: dict[Path, Path | None] = {}
+    renamed: list[Path] = []
+    failed = paths[0] if paths else Path()
+    try:
+        for path, data in zip(paths, files.values(), strict=True):
+            failed = path
+            temps[path] = _write_temp(path, data)
+        for path in paths:
+            failed = path
+            backups[path] = _keep_old(path)
+            os.replace(temps[path], path)
+            del temps[path]
+            renamed.append(path)
+    except BaseException as exc:
+        left_new = _roll_back(renamed, backups)
+        # A backup whose restore failed is the only copy of the old version: kept.
+        spare = [b for p, b in backups.items() if b is not None and p not in left_new]
+        for temp in [*temps.values(), *spare]:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+        if not isinstance(exc, Exception):
+            raise  # Ctrl-C: the old files are back; let the interrupt through
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if left_new:
+            kept = f"could not restore {', '.join(map(str, left_new))}: they hold the new version"
+        else:
+            kept = f"nothing was replaced ({names} left as they were)"
+        raise GroupWriteError(f"cannot write {failed}: {reason}; {kept}", failed, left_new) from exc
+    for backup in backups.values():
+        if backup is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(backup)
+    for folder in {p.parent for p in paths}:
+        _fsync_dir(folder)
+
+
+def _roll_back(renamed: list[Path], backups: dict[Path, Path | None]) -> list[Path]:
+    """Put the old version of every renamed file back; returns those that failed."""
+    failed = []
+    for path in reversed(renamed):
+        backup = backups.get(path)
+        try:
+            if backup is None:
+                os.unlink(path)  # there was no old file
+            else:
+                os.replace(backup, path)
+                backups[path] = None
+        except OSError:
+            failed.append(path)
+    return failed

@@ -1,0 +1,349 @@
+"""Turn the SPAQ release into test metadata, with the images downscaled once.
+
+    python scripts/prepare_spaq.py --spaq_root ../datasets/SPAQ
+
+The dataset: SPAQ, Smartphone Photography Attribute and Quality (Fang et al.
+2020), 11,125 photos from 66 phones. Its release has the full-size images in
+TestImage/ (e.g. 00001.jpg) and, in Annotations/, the spreadsheet
+"MOS and Image attribute scores.xlsx" (columns Image name, MOS on 0-100, and
+the attribute scores Brightness, Colorfulness, Contrast, Noisiness,
+Sharpness). The spreadsheet is looked for in Annotations/ and then in
+--spaq_root itself; --mos_xlsx names it directly.
+
+The photos are several thousand pixels wide; the field evaluates them
+downscaled so the SHORT side is 512 px. This script does that once, into a
+new folder (--resized_dir, default <spaq_root>/TestImage_512): aspect ratio
+kept, EXIF orientation applied (so the pixels stand upright without the tag),
+Lanczos resampling, saved as JPEG quality 95 with full-resolution chroma
+(4:4:4) and the source's colour profile. JPEG rather than PNG: the sources are
+JPEGs already, so q95 4:4:4 adds no visible loss, while the files are about 4x
+smaller than PNG and DALI decodes JPEG on the GPU (PNG on the CPU). Images
+whose short side is already 512 or less keep their size. An output newer than
+its source is reused, so a rerun only redoes what changed; the originals are
+only read. --workers processes share the work.
+
+Writes out_dir/spaq_test.json: a JSON list of {"image": <path of the
+downscaled image relative to --dataset_root>, "score": <MOS, 0-100>}. Images
+listed but not on disk are reported and left out; an image that is there but
+cannot be decoded stops the run (re-extract it, or delete it to leave it out).
+Needs openpyxl to read the .xlsx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from hyperiqa.atomic import write_atomic
+from hyperiqa.prepare import (
+    PrepareError,
+    add_output_args,
+    add_scored,
+    check_image_name,
+    check_not_inputs,
+    entries_for,
+    first_names,
+    parse_score,
+    positive_int,
+    present_images,
+    relative_dir,
+    run_tool,
+    write_metadata,
+)
+
+PROG = "prepare_spaq"
+MOS_XLSX = "MOS and Image attribute scores.xlsx"
+XLSX_PLACES = (Path("Annotations") / MOS_XLSX, Path(MOS_XLSX))
+NAME_COLUMN, MOS_COLUMN = "Image name", "MOS"
+IMAGE_DIR = "TestImage"
+SHORT_SIDE = 512
+JPEG_QUALITY = 95
+OUTPUT = "spaq_test.json"
+EXIF_ORIENTATION = 0x0112
+QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+PARALLEL_FROM = 8  # fewer images than this are not worth starting processes for
+
+Job = tuple[Path, Path]  # (source image, downscaled image)
+Result = tuple[str, str]  # (kind, detail): kind is "ok", "small", "read" or "write"
+
+
+# ---------------------------------------------------------------- the spreadsheet
+
+
+def find_xlsx(root: Path, given: Path | None) -> Path:
+    """The MOS spreadsheet: --mos_xlsx, else its place in the release."""
+    if given is not None:
+        if not given.is_file():
+            raise PrepareError(f"--mos_xlsx {given} not found")
+        return given
+    for place in XLSX_PLACES:
+        if (root / place).is_file():
+            return root / place
+    raise PrepareError(
+        f"{root / XLSX_PLACES[0]} not found (SPAQ's MOS spreadsheet; "
+        "--mos_xlsx names it if it sits elsewhere)"
+    )
+
+
+def column_key(header: object) -> str:
+    """Header cells compared without case or extra spaces ("Image  name " is "image name")."""
+    return " ".join(str(header).split()).lower()
+
+
+def find_columns(workbook, path: Path):
+    """(sheet title, name column index, MOS column index, the rows after the header)
+    of the first sheet whose first row names both columns."""
+    seen = []
+    for sheet in workbook.worksheets:
+        rows = sheet.iter_rows(values_only=True)
+        header = next(rows, ())
+        columns: dict[str, int] = {}
+        for index, cell in enumerate(header):
+            if cell is not None:
+                columns.setdefault(column_key(cell), index)
+        name_col = columns.get(column_key(NAME_COLUMN))
+        mos_col = columns.get(column_key(MOS_COLUMN))
+        if name_col is not None and mos_col is not None:
+            return sheet.title, name_col, mos_col, rows
+        found = ", ".join(str(cell) for cell in header if cell is not None) or "nothing"
+        seen.append(f"sheet {sheet.title!r} has {found}")
+    raise PrepareError(
+        f"{path}: no sheet has the columns {NAME_COLUMN!r} and {MOS_COLUMN!r} ({'; '.join(seen)})"
+    )
+
+
+def read_mos_xlsx(path: Path) -> dict[str, float]:
+    """{image name: MOS} in sheet order; names unique, scores finite."""
+    try:
+        import openpyxl  # only this script needs it: the others stay importable without it
+    except ImportError:
+        raise PrepareError(f"reading {path.name} needs openpyxl: pip install openpyxl") from None
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # a damaged file raises anything from BadZipFile to KeyError
+        raise PrepareError(
+            f"cannot read {path} as an .xlsx workbook ({type(exc).__name__}: {exc})"
+        ) from None
+    try:
+        title, name_col, mos_col, rows = find_columns(workbook, path)
+        scores: dict[str, float] = {}
+        for number, row in enumerate(rows, start=2):  # spreadsheet row numbers
+            if all(cell is None for cell in row):
+                continue  # empty rows at the end of a sheet
+            where = f"{path}, sheet {title!r}, row {number}"
+            name = check_image_name(row[name_col] if name_col < len(row) else None, where)
+            mos = parse_score(row[mos_col] if mos_col < len(row) else None, where, MOS_COLUMN)
+            add_scored(scores, name, mos, where)
+    finally:
+        workbook.close()  # read-only mode keeps the file open until closed
+    if not scores:
+        raise PrepareError(f"{path}: sheet {title!r} has a header but no rows")
+    return scores
+
+
+# ---------------------------------------------------------------- downscaling
+
+
+def resized_name(name: str) -> str:
+    """The downscaled file's name: the same for JPEG sources, else the stem + .jpg."""
+    return name if Path(name).suffix.lower() in (".jpg", ".jpeg") else Path(name).stem + ".jpg"
+
+
+def target_size(width: int, height: int, short_side: int = SHORT_SIDE) -> tuple[int, int]:
+    """(width, height) with the short side at ``short_side`` and the aspect ratio
+    kept; images that are not larger keep their size (no upscaling)."""
+    if min(width, height) <= short_side:
+        return width, height
+    if width <= height:
+        return short_side, round(height * short_side / width)
+    return round(width * short_side / height), short_side
+
+
+def is_fresh(source: Path, target: Path) -> bool:
+    """A downscaled image written after its source was last changed is reused."""
+    try:
+        return target.stat().st_mtime_ns >= source.stat().st_mtime_ns
+    except OSError:
+        return False
+
+
+def downscale(job: Job) -> Result:
+    """Write one downscaled image (in a worker process). Never raises for a bad
+    image: the parent collects every failure and reports them together."""
+    source, target = job
+    try:
+        with Image.open(source) as image:
+            width, height = image.size
+            final = target_size(width, height)
+            small = final == (width, height)
+            if not small:
+                # JPEG decoding at 1/2, 1/4 or 1/8 scale in the DCT: several
+                # times faster for 12-megapixel photos. Asking for at least
+                # twice the final size leaves the real filtering to Lanczos.
+                image.draft(None, (2 * final[0], 2 * final[1]))
+            if image.getexif().get(EXIF_ORIENTATION) in QUARTER_TURNS:
+                final = (final[1], final[0])  # the upright image is rotated by 90 degrees
+            icc_profile = image.info.get("icc_profile")
+            upright = ImageOps.exif_transpose(image).convert("RGB")
+        if upright.size != final:
+            upright = upright.resize(final, Image.Resampling.LANCZOS)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return "read", f"{source.name} ({exc})"
+    try:
+        write_atomic(
+            target,
+            lambda f: upright.save(
+                f, "JPEG", quality=JPEG_QUALITY, subsampling=0, icc_profile=icc_profile
+            ),
+        )
+    except OSError as exc:
+        return "write", f"{target}: {exc.strerror or exc}"
+    return ("small" if small else "ok"), source.name
+
+
+def run_jobs(jobs: list[Job], workers: int) -> list[Result]:
+    """downscale() over jobs, in worker processes when there are enough, with a
+    progress line every tenth of a long run."""
+    results: list[Result] = []
+    step = max(1, len(jobs) // 10)
+    processes = process_count(len(jobs), workers)
+    if processes > 1:
+        with ProcessPoolExecutor(max_workers=processes) as pool:
+            for result in pool.map(downscale, jobs, chunksize=4):
+                results.append(result)
+                _progress(len(results), len(jobs), step)
+    else:
+        for job in jobs:
+            results.append(downscale(job))
+            _progress(len(results), len(jobs), step)
+    return results
+
+
+def process_count(jobs: int, workers: int) -> int:
+    """How many processes run_jobs uses: one for a handful of images."""
+    return min(workers, jobs) if jobs >= PARALLEL_FROM else 1
+
+
+def _progress(done: int, total: int, step: int) -> None:
+    if total >= 100 and (done % step == 0 or done == total):
+        print(f"{PROG}: downscaled {done:,} of {total:,}", flush=True)
+
+
+def downscale_images(names: list[str], image_dir: Path, resized_dir: Path, workers: int) -> None:
+    """Make resized_dir/resized_name(name) for every name, reusing fresh ones."""
+    try:
+        resized_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PrepareError(f"cannot create {resized_dir}: {exc.strerror or exc}") from None
+    jobs = [(image_dir / name, resized_dir / resized_name(name)) for name in names]
+    stale = [job for job in jobs if not is_fresh(*job)]
+    print(
+        f"{PROG}: {len(jobs) - len(stale):,} downscaled images in {resized_dir} reused, "
+        f"{len(stale):,} to make (short side {SHORT_SIDE}, "
+        f"{process_count(len(stale), workers)} processes)",
+        flush=True,
+    )
+    results = run_jobs(stale, workers)
+    failed = {kind: [d for k, d in results if k == kind] for kind in ("write", "read")}
+    if failed["write"]:
+        raise PrepareError(
+            f"cannot write {len(failed['write'])} downscaled images: {failed['write'][0]}"
+        )
+    if failed["read"]:
+        raise PrepareError(
+            f"{len(failed['read'])} images in {image_dir} cannot be decoded: "
+            f"{first_names(failed['read'])}; re-extract them, or delete them to leave them out"
+        )
+    small = [detail for kind, detail in results if kind == "small"]
+    if small:
+        print(
+            f"{PROG}: warning: {len(small)} images have a short side of {SHORT_SIDE} px or "
+            f"less and keep their size: {first_names(small)}",
+            file=sys.stderr,
+        )
+
+
+def check_resized_dir(resized_dir: Path, image_dir: Path) -> None:
+    """The downscaled images go to a folder of their own: the originals stay untouched."""
+    if resized_dir.resolve() == image_dir.resolve():
+        raise PrepareError(
+            f"--resized_dir {resized_dir} is the folder of the original images; "
+            "the downscaled copies need a folder of their own"
+        )
+
+
+def unique_outputs(names: list[str], where: Path) -> None:
+    """Two sources must not map to one downscaled file (a.png and a.jpg -> a.jpg)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(resized_name(name), name)
+        if other != name:
+            raise PrepareError(
+                f"{where}: {other} and {name} would both be downscaled to {resized_name(name)}"
+            )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="prepare_spaq.py",
+        description="Downscale SPAQ's images (short side 512) and write spaq_test.json.",
+    )
+    parser.add_argument(
+        "--spaq_root",
+        type=Path,
+        required=True,
+        help=f"the release folder, holding {IMAGE_DIR}/ and Annotations/{MOS_XLSX}",
+    )
+    add_output_args(parser)
+    parser.add_argument(
+        "--mos_xlsx", type=Path, help=f"the {MOS_XLSX} file, if not in the release folder"
+    )
+    parser.add_argument(
+        "--resized_dir",
+        type=Path,
+        help=f"folder for the downscaled images (default <spaq_root>/{IMAGE_DIR}_{SHORT_SIDE}); "
+        "must be inside --dataset_root",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="processes that downscale (default: one per CPU core)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    root: Path = args.spaq_root
+    if not root.is_dir():
+        raise PrepareError(f"--spaq_root {root} is not a directory")
+    xlsx = find_xlsx(root, args.mos_xlsx)
+    scores = read_mos_xlsx(xlsx)
+    print(f"{PROG}: {len(scores):,} images scored in {xlsx}")
+    names = list(scores)
+    unique_outputs(names, xlsx)
+
+    # Every check that needs no image work comes first: a mistake in a flag
+    # must not surface after an hour of downscaling.
+    image_dir = root / IMAGE_DIR
+    resized_dir: Path = args.resized_dir or root / f"{IMAGE_DIR}_{SHORT_SIDE}"
+    check_resized_dir(resized_dir, image_dir)
+    prefix = relative_dir(resized_dir, args.dataset_root)
+    check_not_inputs([args.out_dir / OUTPUT], [xlsx])
+    present = present_images(PROG, names, image_dir, xlsx, "wrong --spaq_root?")
+
+    downscale_images(present, image_dir, resized_dir, args.workers)
+    resized_scores = {resized_name(name): scores[name] for name in present}
+    outputs = {OUTPUT: entries_for(list(resized_scores), resized_scores, prefix)}
+    write_metadata(PROG, args.out_dir, outputs, [xlsx], "MOS")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_tool(PROG, main))
