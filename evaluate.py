@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from hyperiqa.atomic import overwritten_input
 from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
@@ -54,6 +55,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     }
 
 
+def check_output(args: argparse.Namespace) -> None:
+    """--output must not replace what this run reads (a 110 MB model, say)."""
+    if args.output:
+        source = overwritten_input(Path(args.output), [Path(args.checkpoint), Path(args.test_json)])
+        if source is not None:
+            raise UserError(f"--output {args.output} would overwrite the input {source}")
+
+
 def write_output(path: Path, result: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,6 +74,7 @@ def write_output(path: Path, result: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_scoring_args(build_parser(), argv)
     try:
+        check_output(args)
         result = evaluate(args)
         if args.output:
             write_output(Path(args.output), result)

@@ -1,11 +1,12 @@
 """Train HyperIQA: ``python train.py [flags]`` (``--help`` lists them all).
 
 One run, top to bottom (``train``): decide how to compute (device, precision,
-loader), read and split the data, check the run folder and every image before
-touching anything, build the model and the loaders, then train epoch by epoch,
-writing metrics.json, best_model.pkl and a resume state after each one.
-Everything that can fail on the user's input fails before the folder changes,
-so a bad flag or a bad image never costs an earlier run.
+loader), read the data sets, claim the run folder and check it and every image
+before touching anything, build the model and the loaders, train epoch by
+epoch (metrics.json, best_model.pkl and a resume state after each one), then
+score best_model.pkl on the test sets. Everything that can fail on the user's
+input fails before the folder changes, so a bad flag or a bad image never
+costs an earlier run.
 
 The work inside an epoch is in ``hyperiqa/trainer.py``; the files of the run
 folder (and resuming) in ``hyperiqa/run_folder.py``.
@@ -13,7 +14,11 @@ folder (and resuming) in ``hyperiqa/run_folder.py``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,26 +29,35 @@ from tqdm import tqdm
 
 from hyperiqa.check_data import check_dataset
 from hyperiqa.config import SPEED_FLAGS, TrainConfig, format_resize, parse_args, run_path
-from hyperiqa.data import Sample, load_samples, split_samples
+from hyperiqa.data import Sample, check_disjoint, load_samples, split_samples
 from hyperiqa.distributed import DistInfo, barrier, init_distributed, run_on_main
 from hyperiqa.distributed import shutdown as shutdown_distributed
 from hyperiqa.errors import USER_ERRORS, UserError, report
+from hyperiqa.metrics import format_metric as fmt
 from hyperiqa.model import HyperNet, ModelLoadError, build_model
 from hyperiqa.run_folder import (
+    ARGS,
+    BEST,
+    DATA,
     LOG,
+    METRICS,
     RESUME,
+    VAL_IMAGES,
     History,
     RunFolder,
     WriteError,
     history_of,
+    interpreter,
     resume_state,
-    run_logger,
 )
+from hyperiqa.run_log import run_logger
 from hyperiqa.runtime import Runtime, resolve_runtime
 from hyperiqa.stopping import EXIT_INTERRUPTED, Interrupted, StopSignals
 from hyperiqa.trainer import Split, Trainer, cpu_state_dict, format_epoch, is_better
 from pipelines.factory import make_loader
 from pipelines.patches import eval_plan, train_plan
+
+TRAIN, VAL = "train", "val"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,84 +94,78 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
     )
     cfg = as_run(cfg, rt)  # what args.json records: the values actually used
     notes += [f"device: {rt.device}", rt.loader_reason, distributed_note(cfg, dist)]
+    sets = load_sets(cfg)
+    data = describe_sets(cfg, sets)
 
-    samples = load_samples(cfg.train_json, cfg.dataset_root)
-    train_samples, val_samples = split_samples(samples, cfg.val_split, cfg.seed)
-    run = open_run_folder(cfg)
-    if not cfg.skip_check:
-        paths = [s.path for s in samples]
-        run_on_main(
-            dist, lambda: check_dataset(paths, workers=cfg.num_workers, progress=cfg.progress)
-        )
-    model, model_note = build_model_for(cfg, rt)
-    notes.append(model_note)
-    train_split, val_split = make_splits(cfg, rt, train_samples, val_samples)
-    saved = run.load_resume_state(rt.device) if cfg.resume else None
-
-    # Everything is in place: now the folder may change (rank 0 alone writes,
-    # once every rank has looked at the folder as it was).
-    barrier(dist)
-    if dist.is_main:
-        if saved is not None:
-            run.remove_stale_temps()  # a kill mid-write leaves its temp file behind
-        elif cfg.overwrite or cfg.resume:
-            run.clear_previous_run()  # resume without a saved epoch: nothing to keep
-        run.write_json("args.json", cfg.to_json())
-
-    echo = (tqdm.write if cfg.progress else print) if dist.is_main else (lambda _line: None)
-    with run_logger(run.file(LOG) if dist.is_main else None, echo=echo) as log:
-        trainer = Trainer(cfg, model, train_split, val_split, rt, stop)
-        history = History()
-        if saved is not None:
-            trainer.restore(saved)
-            history = history_of(saved)
-            log.info(f"resuming {run.path} after epoch {history.epoch}")
-        else:
-            log.info(f"run folder: {run.path}")
-        for note in filter(None, notes):
-            log.info(note)
-        log.info(
-            f"{len(samples)} images: {train_split.num_images} train, "
-            f"{val_split.num_images if val_split else 0} val; "
-            f"resize {format_resize(cfg.resize)}, {cfg.train_patch_num} patches/image, "
-            f"batch {cfg.batch_size}, amp {cfg.amp}"
-        )
-        try:
-            with stop.deferred():
-                for epoch in range(history.epoch + 1, cfg.epochs + 1):
-                    row = trainer.run_epoch(epoch)
-                    record_epoch(run if dist.is_main else None, cfg, trainer, history, row)
-                    log.info(format_epoch(row, cfg.epochs))
-                    if trainer.stop_agreed() and epoch < cfg.epochs:
-                        raise Interrupted
-        except Interrupted:
-            log.info(
-                f"stopped after epoch {history.epoch}; "
-                f"resume with: {run.resume_command(argv, cfg.world_size)}"
-                + (" (on every node, as launched)" if cfg.world_size > 1 else "")
+    run = RunFolder(run_path(cfg))
+    # Rank 0 holds the folder's lock for the whole run; a failed start leaves nothing.
+    with run.claim() if dist.is_main else contextlib.nullcontext():
+        start = open_run(cfg, run, data)
+        if not cfg.skip_check:
+            paths = [s.path for samples in sets.values() for s in samples]
+            run_on_main(
+                dist, lambda: check_dataset(paths, workers=cfg.num_workers, progress=cfg.progress)
             )
-            raise
-        except WriteError as e:
-            # Every file is replaced atomically, so the earlier versions are
-            # whole: say how to carry on once the disk is fixed.
-            raise WriteError(
-                f"{e}; the files written before are intact; once fixed, "
-                f"resume with: {run.resume_command(argv, cfg.world_size)}"
-            ) from None
-        finally:
-            train_split.loader.close()
-            if val_split:
-                val_split.loader.close()
+        model, model_note = build_model_for(cfg, rt)
+        notes.append(model_note)
+        splits = make_splits(cfg, rt, sets)
+        saved = run.load_resume_state(rt.device) if start == "continue" else None
+
+        # Everything is in place: now the folder may change (rank 0 alone writes,
+        # once every rank has looked at the folder as it was).
+        barrier(dist)
         if dist.is_main:
-            run.remove(RESUME)
-        best = history.best
-        if best and best["val_srcc"] is not None:
-            log.info(
-                f"done: best val_srcc {best['val_srcc']:.4f} (plcc {best['val_plcc']:.4f}) "
-                f"at epoch {best['epoch']}"
-            )
-        else:
-            log.info("done")
+            prepare_folder(run, cfg, start, data, sets.get(VAL))
+
+        echo = (tqdm.write if cfg.progress else print) if dist.is_main else (lambda _line: None)
+        with run_logger(run.file(LOG) if dist.is_main else None, echo=echo) as log:
+            trainer = Trainer(cfg, model, splits[TRAIN], splits.get(VAL), rt, stop)
+            history = History()
+            if saved is not None:
+                trainer.restore(saved)
+                history = history_of(saved)
+                log.info(f"resuming {run.path} after epoch {history.epoch}")
+            elif start == "finish":
+                history = run.history()
+                log.info(f"resuming {run.path}: every epoch is done, scoring the test sets")
+            else:
+                log.info(f"run folder: {run.path}")
+            for note in filter(None, notes):
+                log.info(note)
+            log.info(describe_run(cfg, splits))
+            main_run = run if dist.is_main else None
+            try:
+                with stop.deferred():
+                    for epoch in range(history.epoch + 1, cfg.epochs + 1):
+                        row = trainer.run_epoch(epoch)
+                        record_epoch(main_run, cfg, trainer, history, row)
+                        log.info(format_epoch(row, cfg.epochs))
+                        if trainer.stop_agreed() and epoch < cfg.epochs:
+                            raise Interrupted
+                    score_held_out(run, trainer, history, splits, log)
+            except Interrupted:
+                log.info(
+                    f"stopped after epoch {history.epoch}; "
+                    f"resume with: {run.resume_command(argv, cfg.world_size)}"
+                    + (" (on every node, as launched)" if cfg.world_size > 1 else "")
+                )
+                raise
+            except WriteError as e:
+                # Every file is replaced atomically, so the earlier versions are
+                # whole: say how to carry on once the disk is fixed.
+                raise WriteError(
+                    f"{e}; the files written before are intact; once fixed, "
+                    f"resume with: {run.resume_command(argv, cfg.world_size)}"
+                ) from None
+            finally:
+                for split in splits.values():
+                    split.loader.close()
+            history.completed = True
+            if main_run is not None:
+                run.write_json(METRICS, history.metrics_json(cfg.epochs))
+                run.remove(RESUME)
+            for line in final_report(cfg, run, history, has_val=VAL in splits):
+                log.info(line)
     return run.path
 
 
@@ -206,15 +214,71 @@ def distributed_note(cfg: TrainConfig, dist: DistInfo) -> str | None:
     )
 
 
-def open_run_folder(cfg: TrainConfig) -> RunFolder:
-    """Check the folder against --resume/--overwrite without changing anything in it."""
-    run = RunFolder(run_path(cfg))
+def load_sets(cfg: TrainConfig) -> dict[str, list[Sample]]:
+    """Every set the run uses: train, val (carved out or --val_json), test and
+    --eval_json sets. No image may sit in two of them, and validation must be
+    able to rank (it chooses best_model.pkl)."""
+    # Without --skip_check the image check lists missing and broken files together.
+    def load(path: str, root: str) -> list[Sample]:
+        return load_samples(path, root, require_files=cfg.skip_check)
+
+    samples = load(cfg.train_json, cfg.dataset_root)
+    if cfg.val_json:
+        train, val = samples, load(cfg.val_json, cfg.dataset_root)
+    else:
+        train, val = split_samples(samples, cfg.val_split, cfg.seed)
+    sets = {TRAIN: train, VAL: val} if val else {TRAIN: train}
+    for name, (path, root) in cfg.eval_sets().items():
+        sets[name] = load(path, root)
+    check_disjoint(sets)
+    if val and (len(val) < 2 or len({s.score for s in val}) < 2):
+        raise UserError(
+            f"the validation set ({len(val)} images, {len({s.score for s in val})} distinct "
+            "scores) cannot rank images, so it cannot choose best_model.pkl; use a larger "
+            "--val_split, another --val_json, or --val_split 0 (best = last epoch)"
+        )
+    return sets
+
+
+def describe_sets(cfg: TrainConfig, sets: dict[str, list[Sample]]) -> dict:
+    """data.json: per set, where it came from and a fingerprint of what it holds.
+
+    The fingerprint covers every image name, score and file size, in order
+    (the order fixes which image each plan index means). Image bytes are not
+    hashed: that would read the whole dataset again (2.5 GB for KonIQ) at every
+    start; a replaced or re-encoded image changes its size and is caught.
+    """
+    sources = {TRAIN: cfg.train_json, VAL: cfg.val_json or cfg.train_json}
+    sources |= {name: path for name, (path, _root) in cfg.eval_sets().items()}
+    roots = {name: root for name, (_path, root) in cfg.eval_sets().items()}
+    out = {}
+    for name, samples in sets.items():
+        listing = [[s.image, s.score, file_size(s.path)] for s in samples]
+        digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+        out[name] = {
+            "metadata": sources[name],
+            "dataset_root": roots.get(name, cfg.dataset_root),
+            "images": len(samples),
+            "fingerprint": f"sha256:{digest}",
+        }
+    return out
+
+
+def file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:  # missing: the image check reports it before anything is written
+        return None
+
+
+def open_run(cfg: TrainConfig, run: RunFolder, data: dict) -> str:
+    """Check the folder against --resume/--overwrite without changing anything in it;
+    returns how the run starts: "new", or --resume's "continue", "finish", "start_over"."""
     if cfg.resume:
-        run.check_resume(cfg.to_json(), SPEED_FLAGS)
-    elif not cfg.overwrite:
+        return run.check_resume(cfg.to_json(), data, SPEED_FLAGS)
+    if not cfg.overwrite:
         run.refuse_existing()
-    run.check_writable()
-    return run
+    return "new"
 
 
 def build_model_for(cfg: TrainConfig, rt: Runtime) -> tuple[HyperNet, str | None]:
@@ -236,10 +300,9 @@ def build_model_for(cfg: TrainConfig, rt: Runtime) -> tuple[HyperNet, str | None
     return rt.prepare_model(model), note
 
 
-def make_splits(
-    cfg: TrainConfig, rt: Runtime, train_samples: list[Sample], val_samples: list[Sample]
-) -> tuple[Split, Split | None]:
-    """A loader, the scores and the patch plans of each split."""
+def make_splits(cfg: TrainConfig, rt: Runtime, sets: dict[str, list[Sample]]) -> dict[str, Split]:
+    """A loader, the scores and the patch plans of each set. Training crops are
+    random per epoch; every other set is cut at the fixed evaluation crops."""
     settings = rt.loader_settings(
         cfg.resize,
         dali_threads=cfg.dali_threads,
@@ -247,22 +310,49 @@ def make_splits(
         dali_prefetch=cfg.dali_prefetch,
     )
     crops = {"patch_size": cfg.patch_size, "resize": cfg.resize, "window": cfg.shuffle_window}
+    splits = {}
+    for name, samples in sets.items():
+        n = len(samples)
+        if name == TRAIN:
 
-    def split(samples: list[Sample], plan) -> Split:
+            def plan(epoch: int, n: int = n) -> object:
+                return train_plan(
+                    n, seed=cfg.seed, epoch=epoch, patches_per_image=cfg.train_patch_num, **crops
+                )
+
+        else:
+            fixed = eval_plan(n, patches_per_image=cfg.val_patch_num, **crops)
+
+            def plan(_epoch: int, fixed: object = fixed) -> object:
+                return fixed
+
         loader = make_loader(rt.loader, [s.path for s in samples], settings)
-        return Split(loader, np.array([s.score for s in samples], dtype=np.float64), plan)
+        splits[name] = Split(loader, np.array([s.score for s in samples], np.float64), plan)
+    return splits
 
-    n_train = len(train_samples)
-    train = split(
-        train_samples,
-        lambda epoch: train_plan(
-            n_train, seed=cfg.seed, epoch=epoch, patches_per_image=cfg.train_patch_num, **crops
-        ),
+
+def prepare_folder(
+    run: RunFolder, cfg: TrainConfig, start: str, data: dict, val: list[Sample] | None
+) -> None:
+    """Rank 0, once set-up has succeeded: clear what a new start replaces, then
+    record the flags, the data and the validation images."""
+    if start in ("continue", "finish"):
+        run.remove_stale_temps()  # a kill mid-write leaves its temp file behind
+    elif start == "start_over" or cfg.overwrite:
+        run.clear_previous_run()  # --overwrite, or a resume with nothing to keep
+    run.write_json(ARGS, cfg.to_json())
+    run.write_json(DATA, data)
+    if val:  # evaluate.py --test_json RUN/val_images.json reproduces the val metrics
+        run.write_json(VAL_IMAGES, [{"image": s.image, "score": s.score} for s in val])
+
+
+def describe_run(cfg: TrainConfig, splits: dict[str, Split]) -> str:
+    counts = ", ".join(f"{split.num_images} {name}" for name, split in splits.items())
+    per = "patch" if cfg.train_patch_num == 1 else "patches"
+    return (
+        f"images: {counts}; resize {format_resize(cfg.resize)}, "
+        f"{cfg.train_patch_num} {per} per training image, batch {cfg.batch_size}, amp {cfg.amp}"
     )
-    if not val_samples:
-        return train, None
-    fixed_val_plan = eval_plan(len(val_samples), patches_per_image=cfg.val_patch_num, **crops)
-    return train, split(val_samples, lambda _epoch: fixed_val_plan)
 
 
 def record_epoch(
@@ -285,6 +375,60 @@ def record_epoch(
     run.record_epoch(
         history, cfg.epochs, best_weights=best, epoch_weights=every, resume_state=state
     )
+
+
+def score_held_out(
+    run: RunFolder,
+    trainer: Trainer,
+    history: History,
+    splits: dict[str, Split],
+    log: logging.Logger,
+) -> None:
+    """Score best_model.pkl (read back from the folder, so a resumed run scores
+    exactly what an uninterrupted one does) on the test and --eval_json sets."""
+    held_out = {name: s for name, s in splits.items() if name not in (TRAIN, VAL)}
+    if not held_out or history.scores:
+        return
+    barrier(trainer.dist)  # rank 0 has written best_model.pkl
+    best = torch.load(run.file(BEST), map_location=trainer.rt.device, weights_only=True)
+    trainer.model.load_state_dict(best)
+    epoch = history.best["epoch"] if history.best else history.epoch
+    for name, split in held_out.items():
+        result = {"epoch": epoch, **trainer.score(split)}
+        history.scores[name] = result
+        log.info(
+            f"{name} (best_model.pkl, epoch {epoch}): srcc {fmt(result['srcc'])}  "
+            f"plcc {fmt(result['plcc'])}  krcc {fmt(result['krcc'])}  "
+            f"{result['num_images']} images"
+        )
+
+
+def final_report(cfg: TrainConfig, run: RunFolder, history: History, has_val: bool) -> list[str]:
+    """What happened, where the files are, and what to run next."""
+    best = history.best
+    if best and best["val_srcc"] is not None:
+        lines = [
+            f"done: best val_srcc {best['val_srcc']:.4f} (plcc {best['val_plcc']:.4f}) "
+            f"at epoch {best['epoch']} of {cfg.epochs}"
+        ]
+    elif has_val:
+        lines = [
+            f"done: val SRCC was undefined in every epoch (constant predictions), so "
+            f"best_model.pkl is epoch {best['epoch'] if best else history.epoch}, the first one"
+        ]
+    else:
+        lines = [f"done: no validation set, so best_model.pkl is the last epoch ({history.epoch})"]
+    python = interpreter()
+    ckpt = run.file(BEST)
+    lines.append(f"files: {run.path} (best_model.pkl, metrics.json, train.log)")
+    if has_val:
+        lines.append(
+            f"evaluate: {python} evaluate.py --checkpoint {ckpt} "
+            f"--test_json {run.file(VAL_IMAGES)} --dataset_root {cfg.dataset_root}"
+        )
+    lines.append(f"predict:  {python} predict.py --checkpoint {ckpt} IMAGE ...")
+    lines.append(f"plot:     {python} scripts/plot_metrics.py {run.path} -o {run.path}/curves.png")
+    return lines
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -187,3 +187,17 @@ def _roll_back(renamed: list[Path], backups: dict[Path, Path | None]) -> list[Pa
         except OSError:
             failed.append(path)
     return failed
+
+
+def overwritten_input(output: Path, inputs: Sequence[Path]) -> Path | None:
+    """The input that writing ``output`` would replace (the same path, or the
+    same file through a symlink or a hard link), or None. No tool writes over
+    what it reads."""
+    for source in inputs:
+        source = Path(source)
+        same = os.path.realpath(output) == os.path.realpath(source)
+        if not same and Path(output).exists() and source.exists():
+            same = os.path.samefile(output, source)
+        if same:
+            return source
+    return None

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     try:
-        samples = load_samples(args.train_json, args.dataset_root)
+        samples = load_samples(args.train_json, args.dataset_root, require_files=False)
         paths = [s.path for s in samples]
         problems = find_problems(paths, args.workers, progress=sys.stderr.isatty())
     except USER_ERRORS as e:

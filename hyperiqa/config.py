@@ -12,13 +12,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 DEFAULT_CHECKPOINTS = Path("../checkpoints")
+DEFAULT_VAL_SPLIT = 0.1
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     dataset_root: str
     train_json: str
-    val_split: float
+    val_split: float | None  # None until resolved: 0.1, or 0 with --val_json
+    val_json: str | None
+    test_json: str | None
+    eval_json: tuple[str, ...]  # NAME=FILE, as typed
+    eval_root: tuple[str, ...]  # NAME=DIR, as typed
     lr: float
     lr_ratio: float
     weight_decay: float
@@ -54,7 +59,17 @@ class TrainConfig:
     def to_json(self) -> dict:
         d = asdict(self)
         d["resize"] = format_resize(self.resize)
+        d["eval_json"], d["eval_root"] = list(self.eval_json), list(self.eval_root)
         return d
+
+    def eval_sets(self) -> dict[str, tuple[str, str]]:
+        """The sets scored with best_model.pkl at the end: name -> (metadata JSON, image root)."""
+        roots = dict(named(text) for text in self.eval_root)
+        sets = {"test": (self.test_json, self.dataset_root)} if self.test_json else {}
+        for text in self.eval_json:
+            name, path = named(text)
+            sets[name] = (path, roots.get(name, self.dataset_root))
+        return sets
 
 
 # -- argparse value types: each raises ArgumentTypeError, which argparse turns
@@ -104,6 +119,25 @@ def unit_interval(text: str) -> float:
     return value
 
 
+MAX_SIDE = 4096  # a resized side; far above any IQA training size, and 96 such images fit memory
+MAX_SEED = 2**64 - 1  # torch.manual_seed's range
+
+
+def seed_type(text: str) -> int:
+    value = non_negative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be at most 2**64 - 1, got {text[:30]}")
+    return value
+
+
+def patch_size_type(text: str) -> int:
+    """The architecture's LDA branches assume 224x224 patches (7x7 pooling of 56/28/14/7 maps)."""
+    value = positive_int(text)
+    if value != 224:
+        raise argparse.ArgumentTypeError(f"HyperIQA's architecture needs 224, got {value}")
+    return value
+
+
 def resize_type(text: str) -> tuple[int, int]:
     """``HxW``, e.g. ``384x512`` (height first)."""
     parts = text.lower().split("x")
@@ -112,7 +146,24 @@ def resize_type(text: str) -> tuple[int, int]:
     height, width = (int(p) for p in parts)
     if height < 1 or width < 1:
         raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text!r}")
+    if max(height, width) > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"sides must be at most {MAX_SIDE}, got {text!r}")
     return height, width
+
+
+def named(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` -> (name, value); NAME is a short word that names a set in metrics.json."""
+    name, sep, value = text.partition("=")
+    if not sep or not value or not name.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=PATH such as clive=clive_test.json, got {text!r}"
+        )
+    return name, value
+
+
+def named_type(text: str) -> str:
+    named(text)
+    return text
 
 
 def format_resize(size: tuple[int, int]) -> str:
@@ -139,8 +190,38 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--val_split",
         type=fraction,
-        default=0.1,
-        help="share of images held out for validation (0: none)",
+        default=None,
+        help="share of --train_json held out for validation, by image (0: none; "
+        "default 0.1, or none with --val_json)",
+    )
+    data.add_argument(
+        "--val_json",
+        default=None,
+        help="validate on this metadata JSON (e.g. KonIQ's official validation set) "
+        "instead of carving --val_split out of --train_json",
+    )
+    data.add_argument(
+        "--test_json",
+        default=None,
+        help="score best_model.pkl on this metadata JSON at the end of the run "
+        "(metrics.json 'test'; the same fixed crops as evaluate.py)",
+    )
+    data.add_argument(
+        "--eval_json",
+        type=named_type,
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="also score best_model.pkl on this set at the end (cross-dataset tests; "
+        "metrics.json 'eval'.NAME); repeatable",
+    )
+    data.add_argument(
+        "--eval_root",
+        type=named_type,
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="image root of the --eval_json set NAME (default: --dataset_root); repeatable",
     )
     data.add_argument(
         "--resize",
@@ -150,9 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--patch_size",
-        type=positive_int,
+        type=patch_size_type,
         default=224,
-        help="side of the square crops (the architecture expects 224)",
+        help="side of the square crops (the architecture needs 224)",
     )
     data.add_argument(
         "--train_patch_num", type=positive_int, default=25, help="crops per training image"
@@ -183,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--epochs", type=positive_int, default=16)
     opt.add_argument(
         "--seed",
-        type=non_negative_int,
+        type=seed_type,
         default=42,
         help="seeds the split, the patch plans and the model init",
     )
@@ -331,6 +412,17 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     check_patch_fits(parser, ns)
     if ns.resume and ns.overwrite:
         parser.error("argument --resume: not allowed with argument --overwrite")
+    if ns.val_json and ns.val_split is not None:
+        parser.error("argument --val_split: not allowed with argument --val_json")
+    if ns.val_split is None:
+        ns.val_split = 0.0 if ns.val_json else DEFAULT_VAL_SPLIT
+    names = [named(text)[0] for text in ns.eval_json]
+    for name in {n for n in names if names.count(n) > 1} | ({"test"} & set(names)):
+        parser.error(f"argument --eval_json: the name {name!r} is used twice (or is 'test')")
+    for text in ns.eval_root:
+        if named(text)[0] not in names:
+            parser.error(f"argument --eval_root: no --eval_json named {named(text)[0]!r}")
+    ns.eval_json, ns.eval_root = tuple(ns.eval_json), tuple(ns.eval_root)
     return TrainConfig(**vars(ns))
 
 
@@ -339,7 +431,9 @@ def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
     p = parser
     p.add_argument("--checkpoint", required=True, help="HyperNet state_dict (best_model.pkl)")
     p.add_argument("--patch_num", type=positive_int, default=25, help="crops averaged per image")
-    p.add_argument("--patch_size", type=positive_int, default=224)
+    p.add_argument(
+        "--patch_size", type=patch_size_type, default=224, help="the architecture needs 224"
+    )
     p.add_argument("--resize", type=resize_type, default=(384, 512), help="HxW, as in training")
     p.add_argument("--batch_size", type=positive_int, default=96, help="patches per forward pass")
     p.add_argument("--loader", choices=["auto", "pillow", "dali"], default="auto")
@@ -379,7 +473,8 @@ def format_lr(lr: float) -> str:
 
 
 def run_name(cfg: TrainConfig) -> str:
-    val = f"{cfg.val_split:g}"
+    # With --val_json the validation set is a file: its name stands where the share would.
+    val = Path(cfg.val_json).stem if cfg.val_json else f"{cfg.val_split:g}"
     name = f"lr{format_lr(cfg.lr)}_bs{cfg.batch_size}_ep{cfg.epochs}_val{val}_seed{cfg.seed}"
     return f"demo_{name}" if cfg.demo else name
 

@@ -1,20 +1,25 @@
-"""The metadata JSON and the train/val split.
+"""The metadata JSON, the train/val split, and the sets a run uses.
 
 The metadata is a JSON list of ``{"image": <path relative to dataset_root>,
 "score": <float>}`` objects. It is validated up front so that a bad entry
-fails in a second with its name, not hours into a run.
+fails in a second with its name, not hours into a run. Images are identified
+by the file, not by the string: ``img/0.jpg``, ``./img/0.jpg`` and a link to it
+are one image, so no image is listed twice or lands in two sets.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hyperiqa.errors import UserError
+
+SHOW = 5  # how many names a message lists before "and N more"
 
 
 @dataclass(frozen=True)
@@ -24,55 +29,131 @@ class Sample:
     score: float
 
 
-def load_samples(json_path: str | Path, dataset_root: str | Path) -> list[Sample]:
-    """Read and validate a metadata JSON; every listed file must exist."""
-    json_path, root = Path(json_path), Path(dataset_root)
-    if not json_path.is_file():
-        raise UserError(f"metadata JSON not found: {json_path}")
+def _shown(items: Sequence[object]) -> str:
+    more = f" and {len(items) - SHOW} more" if len(items) > SHOW else ""
+    return ", ".join(str(i) for i in items[:SHOW]) + more
+
+
+def read_metadata(json_path: Path) -> list:
+    """The entries of a metadata JSON file, or a UserError saying what is wrong with it."""
     try:
-        entries = json.loads(json_path.read_text(encoding="utf-8"))
+        text = json_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"metadata JSON not found: {json_path}") from None
+    except IsADirectoryError:
+        raise UserError(f"metadata JSON {json_path} is a directory, not a file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read metadata JSON {json_path}: {e}") from None
+    try:
+        entries = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(
             f"malformed metadata JSON {json_path}: {e.msg} at line {e.lineno} column {e.colno}"
         ) from None
+    except RecursionError:
+        raise UserError(f"metadata JSON {json_path} is nested too deeply to be a list") from None
     if not isinstance(entries, list):
         raise UserError(f"metadata JSON {json_path} must hold a list of entries")
     if not entries:
         raise UserError(f"metadata JSON {json_path} lists no images")
+    return entries
 
+
+def _score(entry: dict, where: str) -> float:
+    if "score" not in entry:
+        raise UserError(f"{where}: missing 'score'")
+    score = entry["score"]
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        raise UserError(f"{where}: score {str(score)[:40]!r} is not a number")
+    try:
+        value = float(score)  # an integer of 400 digits overflows here
+    except OverflowError:
+        raise UserError(f"{where}: score {str(score)[:20]}... is too large") from None
+    if not math.isfinite(value):
+        raise UserError(f"{where}: score {score} is not finite")
+    return value
+
+
+def file_key(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file: the same for every spelling of one file."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _problem_with_file(path: Path) -> str | None:
+    """None for a readable regular file, else what is wrong (without raising)."""
+    try:
+        if path.is_file():
+            return None
+        return "is a directory" if path.is_dir() else "not found"
+    except OSError as e:  # a name too long, a loop of links, ...
+        return e.strerror or str(e)
+
+
+def load_samples(
+    json_path: str | Path, dataset_root: str | Path, require_files: bool = True
+) -> list[Sample]:
+    """Read and validate a metadata JSON: every listed file exists, once.
+
+    ``require_files=False`` leaves missing files to the image check, which then
+    lists them together with the undecodable ones, in one pass.
+    """
+    json_path, root = Path(json_path), Path(dataset_root)
     samples: list[Sample] = []
-    seen: dict[str, int] = {}
-    for i, entry in enumerate(entries):
+    for i, entry in enumerate(read_metadata(json_path)):
         where = f"{json_path} entry {i}"
         if not isinstance(entry, dict):
             raise UserError(f"{where}: expected an object with 'image' and 'score'")
-        image, score = entry.get("image"), entry.get("score")
+        image = entry.get("image")
         if not isinstance(image, str) or not image:
             raise UserError(f"{where}: missing or empty 'image'")
         where = f"{json_path} entry {i} ({image})"
-        if "score" not in entry:
-            raise UserError(f"{where}: missing 'score'")
-        if isinstance(score, bool) or not isinstance(score, (int, float)):
-            raise UserError(f"{where}: score {score!r} is not a number")
-        if not math.isfinite(score):
-            raise UserError(f"{where}: score {score} is not finite")
-        if image in seen:
-            raise UserError(f"{where}: duplicate of entry {seen[image]}")
-        seen[image] = i
-        samples.append(Sample(image=image, path=root / image, score=float(score)))
+        samples.append(Sample(image=image, path=root / image, score=_score(entry, where)))
 
-    # Report every missing file at once: a user fixing paths wants the whole list.
-    missing = [s.path for s in samples if not s.path.is_file()]
-    if missing:
-        shown = ", ".join(str(m) for m in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    # Report every unusable path at once: a user fixing paths wants the whole list.
+    problems = [(s.path, p) for s in samples if (p := _problem_with_file(s.path))]
+    if problems and require_files:
+        listed = [f"{path} ({why})" for path, why in problems]
         raise UserError(
-            f"{json_path}: {len(missing)} of {len(samples)} image files not found "
-            f"under {root}: {shown}{more}"
+            f"{json_path}: {len(problems)} of {len(samples)} image files are unusable "
+            f"under {root}: {_shown(listed)}"
         )
+    first: dict[tuple[int, int], int] = {}
+    for i, s in enumerate(samples):
+        key = file_key(s.path)
+        if key is None:  # missing: the image check names it
+            continue
+        if key in first:
+            j = first[key]
+            raise UserError(
+                f"{json_path} entry {i} ({s.image}): duplicate of entry {j} "
+                f"({samples[j].image}), the same file"
+            )
+        first[key] = i
     return samples
+
+
+def check_disjoint(sets: dict[str, Sequence[Sample]]) -> None:
+    """No image file in two sets (train and val, train and test, ...): a leak would
+    make the held-out numbers meaningless."""
+    owner: dict[tuple[int, int], str] = {}
+    for name, samples in sets.items():
+        shared: dict[str, list[str]] = {}
+        for s in samples:
+            key = file_key(s.path)
+            if key is None:  # missing: the image check names it
+                continue
+            other = owner.setdefault(key, name)
+            if other != name:
+                shared.setdefault(other, []).append(s.image)
+        for other, images in shared.items():
+            raise UserError(
+                f"{len(images)} images of the {name} set are also in the {other} set: "
+                f"{_shown(images)}"
+            )
 
 
 def split_samples(

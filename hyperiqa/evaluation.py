@@ -16,7 +16,7 @@ import torch
 
 from hyperiqa.errors import UserError
 from hyperiqa.metrics import per_image_mean
-from hyperiqa.model import HyperNet, ModelLoadError, build_model
+from hyperiqa.model import HyperNet, ModelLoadError, load_hypernet
 from hyperiqa.runtime import Runtime, resolve_runtime
 from pipelines.factory import make_loader
 from pipelines.loader import PatchLoader
@@ -28,7 +28,7 @@ EVAL_WINDOW = 32  # images decoded together; crops do not depend on it
 def load_checkpoint(path: str | Path, rt: Runtime) -> HyperNet:
     """A HyperNet with the weights of ``path`` (best_model.pkl, koniq_pretrained.pkl), in eval mode."""
     try:
-        model = build_model("none", init_checkpoint=str(path))
+        model = load_hypernet(str(path))
     except ModelLoadError as e:
         raise UserError(str(e)) from None
     return rt.prepare_model(model).eval()

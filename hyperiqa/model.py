@@ -347,9 +347,19 @@ def _read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
             f"{what} {path} could not be read as plain tensors ({cause}); "
             "it must be a state_dict saved with torch.save(model.state_dict(), ...)"
         ) from None
+    except (KeyError, EOFError, ValueError):
+        # torch's legacy reader trips over the first bytes of a text or other file.
+        raise ModelLoadError(
+            f"{what} {path} is not a PyTorch file (a state_dict saved with torch.save)"
+        ) from None
     except Exception as e:  # truncated download, unreadable file, ...
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelLoadError(f"{what} {path} could not be read: {first_line}") from None
+        raise ModelLoadError(f"{what} {path} could not be read: {first_line[:200]}") from None
+    if isinstance(obj, Mapping) and {"model", "optimizer", "epoch"} <= set(obj):
+        raise ModelLoadError(
+            f"{what} {path} is a training run's resume state, not a model: pass the run's "
+            "best_model.pkl (or epoch_N.pkl), or continue that run with train.py --resume"
+        )
     if not isinstance(obj, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     ):
@@ -398,9 +408,9 @@ def _load_backbone(res: ResNetBackbone, state: Mapping[str, torch.Tensor], sourc
         raise ModelLoadError(f"backbone weights {source} did not load: {_brief(not_loaded)}")
 
 
-def _load_checkpoint(model: HyperNet, path: str) -> None:
+def _load_checkpoint(model: HyperNet, path: str, what: str = "init checkpoint") -> None:
     """Loads a full HyperNet state_dict strictly, with a readable error on mismatch."""
-    state = _read_state_dict(path, "init checkpoint")
+    state = _read_state_dict(path, what)
     ours = model.state_dict()
     missing = [k for k in ours if k not in state]
     unexpected = [k for k in state if k not in ours]
@@ -417,7 +427,7 @@ def _load_checkpoint(model: HyperNet, path: str) -> None:
             parts.append(f"unexpected {len(unexpected)} keys, e.g. {_brief(unexpected)}")
         if wrong:
             parts.append(f"wrong shapes {_brief(wrong, 2)}")
-        raise ModelLoadError(f"init checkpoint {path} does not match HyperNet: {'; '.join(parts)}")
+        raise ModelLoadError(f"{what} {path} does not match HyperNet: {'; '.join(parts)}")
     model.load_state_dict(state, strict=True)
 
 
@@ -450,4 +460,12 @@ def build_model(backbone_weights: str = "imagenet", init_checkpoint: str | None 
         _load_backbone(model.res, _read_state_dict(path, "backbone weights file"), path)
     if init_checkpoint is not None:
         _load_checkpoint(model, os.path.expanduser(init_checkpoint))
+    return model
+
+
+def load_hypernet(path: str, what: str = "checkpoint") -> HyperNet:
+    """A HyperNet with the weights of a full state_dict file (best_model.pkl, the
+    original release's koniq_pretrained.pkl); ``what`` names it in errors."""
+    model = HyperNet()
+    _load_checkpoint(model, os.path.expanduser(path), what)
     return model

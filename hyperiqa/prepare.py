@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from hyperiqa.atomic import GroupWriteError, write_all_or_nothing
+from hyperiqa.atomic import GroupWriteError, overwritten_input, write_all_or_nothing
 
 SHOW_NAMES = 5  # how many names an error or warning lists before "..."
 DEFAULT_OUT_DIR = Path("../datasets/metas")
@@ -275,15 +275,11 @@ def metadata_bytes(entries: Sequence[Entry]) -> bytes:
 def check_not_inputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
     """Refuse to write over a file this run reads (through a symlink or a hard link too)."""
     for output in outputs:
-        for source in inputs:
-            same = os.path.realpath(output) == os.path.realpath(source)
-            if not same and output.exists() and source.exists():
-                same = os.path.samefile(output, source)
-            if same:
-                raise PrepareError(
-                    f"refusing to write {output}: it is the input {source}; "
-                    "choose another --out_dir"
-                )
+        source = overwritten_input(output, inputs)
+        if source is not None:
+            raise PrepareError(
+                f"refusing to write {output}: it is the input {source}; choose another --out_dir"
+            )
 
 
 def write_metadata(

@@ -9,18 +9,15 @@
 
 Every file is written to a temporary name in the folder, flushed and renamed
 over the old one: a crash or a full disk mid-write leaves the previous version,
-never half a file. The readers at the bottom (``load_run``, ``find_runs``) serve
-the comparison and plotting tools; torch is imported only where a ``.pt``/``.pkl``
-is touched, so those tools start instantly.
+never half a file. torch is imported only where a ``.pt``/``.pkl`` is touched,
+so the tools that read run folders (hyperiqa/run_summary.py) start instantly.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import fcntl
 import json
-import logging
-import math
 import os
 import shlex
 import sys
@@ -33,6 +30,8 @@ from hyperiqa.atomic import temp_name_of, write_atomic
 from hyperiqa.errors import UserError
 
 ARGS = "args.json"
+DATA = "data.json"
+VAL_IMAGES = "val_images.json"
 LOG = "train.log"
 METRICS = "metrics.json"
 BEST = "best_model.pkl"
@@ -55,11 +54,14 @@ def epoch_checkpoint(epoch: int) -> str:
 
 @dataclass
 class History:
-    """The per-epoch records and the best epoch: metrics.json, and part of the resume state."""
+    """The per-epoch records, the best epoch and the final scores: metrics.json,
+    and part of the resume state."""
 
     epoch: int = 0  # last completed epoch
     best: dict | None = None  # {"epoch", "val_srcc", "val_plcc"}
     epochs: list[dict] = field(default_factory=list)
+    scores: dict[str, dict] = field(default_factory=dict)  # "test" and --eval_json sets
+    completed: bool = False
 
     def add(self, row: dict, improved: bool) -> None:
         if improved:
@@ -68,19 +70,30 @@ class History:
         self.epoch = row["epoch"]
 
     def metrics_json(self, epochs_planned: int) -> dict:
-        return {
+        out = {
             "epochs_planned": epochs_planned,
-            "completed": self.epoch == epochs_planned,
+            "completed": self.completed,
             "best": self.best,
             "epochs": self.epochs,
         }
+        if "test" in self.scores:
+            out["test"] = self.scores["test"]
+        cross = {k: v for k, v in self.scores.items() if k != "test"}
+        if cross:
+            out["eval"] = cross
+        return out
 
 
 # -- writing ---------------------------------------------------------------------
 
 
 def _is_run_file(name: str) -> bool:
-    return name in (*RUN_MARKERS, LOG) or (name.startswith("epoch_") and name.endswith(".pkl"))
+    return name in (*RUN_MARKERS, LOG, DATA, VAL_IMAGES) or _is_result(name)
+
+
+def _is_result(name: str) -> bool:
+    """A file that holds what training produced (not its set-up records or the log)."""
+    return name in (METRICS, BEST) or (name.startswith("epoch_") and name.endswith(".pkl"))
 
 
 def _is_temp_of_run_file(name: str) -> bool:
@@ -201,24 +214,80 @@ class RunFolder:
         if resume_state is not None:
             self.save(RESUME, resume_state)
 
+    # -- one process at a time ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[None]:
+        """Create the folder if needed and hold its lock for the ``with`` block.
+
+        The lock is the kernel's (``flock`` on the folder itself), so it leaves
+        no file behind and a killed process cannot leave it stuck: the OS
+        releases it. A second run on a folder in use is refused at once, naming
+        the process that holds it. If the block fails before writing anything,
+        a folder this call created is removed again: a failed start leaves nothing.
+        """
+        try:
+            created = not self.path.exists()
+        except OSError as e:  # a name too long, a component that is a file, ...
+            raise WriteError(f"cannot use run folder {self.path}: {e.strerror or e}") from None
+        self.check_writable()
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(self.path)
+                raise UserError(
+                    f"{self.path} is in use by another run ({holder}); wait for it to end "
+                    "or choose another --checkpoint_dir"
+                ) from None
+            yield
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()  # only if still empty
+            raise
+        finally:
+            os.close(fd)  # releases the lock
+
     # -- resuming ------------------------------------------------------------------
 
-    def check_resume(self, args_now: dict, speed_flags: frozenset[str]) -> None:
-        """Refuse a resume that would not continue this run: nothing there,
-        different result-changing flags, or a run that is already complete."""
+    def check_resume(self, args_now: dict, data_now: dict, speed_flags: frozenset[str]) -> str:
+        """How ``--resume`` continues this run, or a UserError saying why it cannot.
+
+        Returns "continue" (from resume_state.pt), "finish" (every epoch is done;
+        only the final scoring of the test sets is missing) or "start_over" (the
+        run stopped before its first epoch ended: there is nothing to keep). A
+        resume never deletes results: anything else is refused, folder untouched.
+        """
         if not self.file(ARGS).is_file():
             raise UserError(f"--resume: {self.path} holds no run to continue")
-        saved = self.read_json(ARGS)
-        keys = sorted((set(saved) | set(args_now)) - speed_flags)
-        diffs = [
-            f"{k}: {saved.get(k)!r} -> {args_now.get(k)!r}"
-            for k in keys
-            if saved.get(k) != args_now.get(k)
-        ]
+        diffs = _differences(self.read_json(ARGS), args_now, skip=speed_flags)
         if diffs:
             raise UserError(f"--resume: flags differ from {self.file(ARGS)}: " + "; ".join(diffs))
-        if self.file(METRICS).is_file() and self.read_json(METRICS).get("completed"):
+        if self.file(DATA).is_file():
+            changed = _data_differences(self.read_json(DATA), data_now)
+            if changed:
+                raise UserError(
+                    f"--resume: the data differs from the run's ({self.file(DATA)}): "
+                    + "; ".join(changed)
+                )
+        metrics = self.read_json(METRICS) if self.file(METRICS).is_file() else None
+        if metrics and metrics.get("completed"):
             raise UserError(f"--resume: the run in {self.path} is already complete")
+        done = len(metrics.get("epochs", [])) if metrics else 0
+        if self.file(RESUME).is_file():
+            return "continue"
+        if metrics and done == args_now.get("epochs") and self.file(BEST).is_file():
+            return "finish"
+        results = [n for n in _names(self.path) if _is_result(n)]
+        if not results:
+            return "start_over"
+        raise UserError(
+            f"--resume: {self.path} holds results ({', '.join(sorted(results))}) but no "
+            f"{RESUME} to continue from, so this run cannot be resumed; nothing was changed. "
+            "Start it again with --overwrite, or train into another --checkpoint_dir"
+        )
 
     def resume_command(self, argv: Sequence[str], world_size: int = 1) -> str:
         """The command that continues this run: the same flags, with --resume (and the
@@ -228,25 +297,82 @@ class RunFolder:
             argv.append("--resume")
         if "--checkpoint_dir" not in " ".join(argv):
             argv += ["--checkpoint_dir", str(self.path)]
-        launcher = ["python", "train.py"]
+        # The interpreter that is running (the venv's, say): the command works as printed.
+        launcher = [interpreter()]
         if world_size > 1:
-            launcher = ["torchrun", "--nproc_per_node", str(world_size), "train.py"]
-        return shlex.join([*launcher, *argv])
+            launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(world_size)]
+        return shlex.join([*launcher, "train.py", *argv])
 
-    def load_resume_state(self, device: Any) -> dict | None:
-        """The saved state of the last completed epoch, or None when there is none."""
+    def load_resume_state(self, device: Any) -> dict:
+        """The saved state of the last completed epoch.
+
+        Loaded with ``weights_only=True``: a planted file cannot run code. The
+        state holds only tensors, numbers, strings, lists and dicts.
+        """
         import torch
 
         path = self.file(RESUME)
-        if not path.is_file():
-            return None
         try:
-            return torch.load(path, map_location=device, weights_only=False)
+            return torch.load(path, map_location=device, weights_only=True)
         except Exception as e:  # written atomically: only a damaged disk or a foreign file
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(
-                f"--resume: cannot read {path} ({type(e).__name__}: {e}); "
+                f"--resume: cannot read {path} ({type(e).__name__}: {reason[:200]}); "
                 "start the run again with --overwrite"
             ) from None
+
+    def history(self) -> History:
+        """The history metrics.json records (for a run whose epochs are all done)."""
+        m = self.read_json(METRICS)
+        epochs = m.get("epochs", [])
+        return History(epoch=len(epochs), best=m.get("best"), epochs=epochs)
+
+
+def _names(folder: Path) -> list[str]:
+    try:
+        return [p.name for p in folder.iterdir()]
+    except OSError:
+        return []
+
+
+def _differences(saved: dict, now: dict, skip: frozenset[str] = frozenset()) -> list[str]:
+    keys = sorted((set(saved) | set(now)) - skip)
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+
+
+def _data_differences(saved: dict, now: dict) -> list[str]:
+    """Per set, what differs: the number of images, or their names/scores/sizes."""
+    changed = []
+    for name in sorted(set(saved) | set(now)):
+        a, b = saved.get(name), now.get(name)
+        if a is None or b is None:
+            changed.append(f"{name} set {'added' if a is None else 'removed'}")
+        elif a.get("images") != b.get("images"):
+            changed.append(f"{name}: {a.get('images')} -> {b.get('images')} images")
+        elif a.get("fingerprint") != b.get("fingerprint"):
+            changed.append(f"{name}: same number of images, but names, scores or file sizes differ")
+    return changed
+
+
+def _lock_holder(folder: Path) -> str:
+    """Which process holds the lock on ``folder``, from /proc/locks (Linux)."""
+    try:
+        inode = folder.stat().st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+                return f"process {fields[4]}"
+    except (OSError, IndexError):
+        pass
+    return "another process"
+
+
+def interpreter() -> str:
+    """sys.executable, relative to the working directory when it lies below it."""
+    path = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
 
 
 def resume_state(history: History, **states: Any) -> dict:
@@ -257,241 +383,3 @@ def resume_state(history: History, **states: Any) -> dict:
 
 def history_of(state: dict) -> History:
     return History(epoch=state["epoch"], best=state["best"], epochs=state["epochs"])
-
-
-# -- the log ---------------------------------------------------------------------
-
-_logger_ids = itertools.count()  # one logger per run_logger block, never shared
-
-
-@contextlib.contextmanager
-def run_logger(
-    log_path: Path | None, echo: Callable[[str], None] = print
-) -> Iterator[logging.Logger]:
-    """A logger writing timestamped lines to ``train.log`` and echoing them to the console.
-
-    ``echo`` lets the caller route console lines around a progress bar.
-    """
-    logger = logging.getLogger(f"hyperiqa.run.{next(_logger_ids)}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-
-    class _Echo(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            echo(self.format(record))
-
-    class _LogFile(logging.FileHandler):
-        # logging's default prints a traceback and carries on; a log line that
-        # cannot be written (full disk) should stop the run like any failed write.
-        def handleError(self, record: logging.LogRecord) -> None:
-            err = sys.exc_info()[1]
-            reason = getattr(err, "strerror", None) or err
-            raise WriteError(f"could not write {self.baseFilename}: {reason}")
-
-    # Open the file first: if that fails, no handler is left on the logger.
-    file_handler = None
-    if log_path is not None:
-        try:
-            file_handler = _LogFile(log_path, encoding="utf-8")
-        except OSError as e:
-            raise WriteError(f"could not open {log_path}: {e.strerror or e}") from None
-        file_handler.setFormatter(fmt)
-    console = _Echo()
-    console.setFormatter(fmt)
-    logger.addHandler(console)
-    if file_handler is not None:
-        logger.addHandler(file_handler)
-    try:
-        yield logger
-    finally:
-        for h in list(logger.handlers):
-            logger.removeHandler(h)
-            # Closing flushes: on a full disk that fails again, and must not
-            # hide the error that is already on its way out.
-            with contextlib.suppress(OSError):
-                h.close()
-
-
-# -- reading finished and unfinished runs (compare_runs.py, plot_metrics.py) -----
-
-
-class RunFolderError(Exception):
-    """A folder that is not a readable run folder; the message says why."""
-
-
-@dataclass
-class RunSummary:
-    """What the tools need to know about one run folder."""
-
-    path: Path
-    name: str
-    args: dict[str, Any]
-    epochs: list[dict[str, Any]]  # per-epoch records from metrics.json, in file order
-    epochs_planned: int | None
-    completed: bool
-    resumable: bool
-    best_epoch: int | None
-    best_val_srcc: float | None
-    best_val_plcc: float | None
-    last_epoch: int | None = None
-
-    @property
-    def status(self) -> str:
-        if self.completed:
-            return "finished"
-        done = self.last_epoch or 0
-        planned = self.epochs_planned if self.epochs_planned is not None else "?"
-        text = f"unfinished ({done}/{planned} epochs)"
-        return text + ", resumable" if self.resumable else text
-
-    def series(self, key: str) -> tuple[list[int], list[float]]:
-        """(epochs, values) of one per-epoch metric, leaving out null/missing values.
-
-        val metrics are null when the run had no validation split (val_split 0);
-        those epochs are simply absent from the series rather than drawn as zero.
-        """
-        xs: list[int] = []
-        ys: list[float] = []
-        for record in self.epochs:
-            epoch = _as_int(record.get("epoch"))
-            value = _as_float(record.get(key))
-            if epoch is not None and value is not None:
-                xs.append(epoch)
-                ys.append(value)
-        return xs, ys
-
-    def row(self) -> dict[str, Any]:
-        """One flat, JSON-ready row for tables (compare_runs)."""
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "lr": self.args.get("lr"),
-            "batch_size": self.args.get("batch_size"),
-            "epochs": self.epochs_planned,
-            "seed": self.args.get("seed"),
-            "best_epoch": self.best_epoch,
-            "best_val_srcc": self.best_val_srcc,
-            "best_val_plcc": self.best_val_plcc,
-            "last_epoch": self.last_epoch,
-            "status": self.status,
-        }
-
-
-def _as_float(value: Any) -> float | None:
-    """A finite float, or None for null, non-numbers and NaN/inf (NaN would poison sorting)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and not value.is_integer():
-        return None
-    return int(value)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RunFolderError(f"cannot read {path.name}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise RunFolderError(f"{path.name} is not UTF-8 text") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RunFolderError(
-            f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})"
-        ) from None
-
-
-def _best_from_epochs(
-    epochs: list[dict[str, Any]],
-) -> tuple[int | None, float | None, float | None]:
-    """Best val SRCC over the epoch records; for metrics.json files without "best"."""
-    best: tuple[int | None, float | None, float | None] = (None, None, None)
-    for record in epochs:
-        srcc = _as_float(record.get("val_srcc"))
-        if srcc is not None and (best[1] is None or srcc > best[1]):
-            best = (_as_int(record.get("epoch")), srcc, _as_float(record.get("val_plcc")))
-    return best
-
-
-def load_run(path: Path) -> RunSummary:
-    """Summarise one run folder; RunFolderError if it is not a readable run."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RunFolderError("not a directory")
-    if not (path / METRICS).is_file():
-        raise RunFolderError(f"no {METRICS}")
-    metrics = _read_json(path / METRICS)
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("epochs"), list):
-        raise RunFolderError(f'{METRICS} is not an object with an "epochs" list')
-    epochs = [record for record in metrics["epochs"] if isinstance(record, dict)]
-
-    # args.json is written before the first epoch; a folder without it is still
-    # worth showing (columns stay empty), but a corrupt one is reported.
-    args: dict[str, Any] = {}
-    if (path / ARGS).is_file():
-        loaded = _read_json(path / ARGS)
-        if not isinstance(loaded, dict):
-            raise RunFolderError(f"{ARGS} is not a JSON object")
-        args = loaded
-
-    epoch_numbers = [n for n in (_as_int(r.get("epoch")) for r in epochs) if n is not None]
-    last_epoch = max(epoch_numbers) if epoch_numbers else None
-    epochs_planned = _as_int(metrics.get("epochs_planned"))
-    if epochs_planned is None:
-        epochs_planned = _as_int(args.get("epochs"))
-
-    if "completed" in metrics:
-        completed = metrics["completed"] is True
-    else:  # a minimal metrics.json (only "epochs" is required): infer it
-        completed = epochs_planned is not None and (last_epoch or 0) >= epochs_planned
-
-    best = metrics.get("best")
-    if isinstance(best, dict):
-        best_epoch = _as_int(best.get("epoch"))
-        best_srcc = _as_float(best.get("val_srcc"))
-        best_plcc = _as_float(best.get("val_plcc"))
-    elif "best" in metrics and best is None:
-        best_epoch, best_srcc, best_plcc = None, None, None  # no validation in this run
-    else:
-        best_epoch, best_srcc, best_plcc = _best_from_epochs(epochs)
-
-    return RunSummary(
-        path=path,
-        name=path.name,
-        args=args,
-        epochs=epochs,
-        epochs_planned=epochs_planned,
-        completed=completed,
-        resumable=(not completed) and (path / RESUME).is_file(),
-        best_epoch=best_epoch,
-        best_val_srcc=best_srcc,
-        best_val_plcc=best_plcc,
-        last_epoch=last_epoch,
-    )
-
-
-def find_runs(root: Path) -> tuple[list[RunSummary], list[tuple[Path, str]]]:
-    """Runs in the immediate subfolders of root, and the skipped folders with a reason.
-
-    Hidden folders (.ipynb_checkpoints, .cache, ...) are ignored silently: they
-    are never runs and a note for each would only be noise. Runs come back in
-    folder-name order; callers sort as they need.
-    """
-    runs: list[RunSummary] = []
-    skipped: list[tuple[Path, str]] = []
-    for child in sorted(Path(root).iterdir(), key=lambda p: p.name):
-        if child.name.startswith(".") or not child.is_dir():
-            continue
-        try:
-            runs.append(load_run(child))
-        except RunFolderError as exc:
-            skipped.append((child, str(exc)))
-    return runs, skipped

@@ -26,7 +26,7 @@ from hyperiqa.config import TrainConfig
 from hyperiqa.distributed import any_rank, gather_arrays
 from hyperiqa.evaluation import predict_patches
 from hyperiqa.metrics import format_metric as fmt
-from hyperiqa.metrics import per_image_mean, plcc, srcc
+from hyperiqa.metrics import krcc, per_image_mean, plcc, srcc
 from hyperiqa.model import HyperNet, param_groups
 from hyperiqa.runtime import Runtime
 from hyperiqa.schedule import learning_rates
@@ -250,18 +250,34 @@ class Trainer:
             "train_patches_per_s": round(seen / train_seconds, 2) if train_seconds > 0 else None,
         }
 
+    def predict(self, split: Split) -> np.ndarray:
+        """Per-image predictions on ``split`` at its fixed crops, with the current weights.
+
+        Each rank predicts its shard with the plain module (no gradient sync
+        needed); the per-image means are taken over all ranks' patches.
+        """
+        plan = split.plan(0).shard(self.dist.rank, self.dist.world_size)
+        patch_pred, image_idx = predict_patches(self.model, split.loader, plan, self.rt)
+        patch_pred, image_idx = gather_arrays(self.dist, patch_pred, image_idx)
+        return per_image_mean(patch_pred, image_idx, split.num_images)
+
     def validate(self) -> dict:
         if self.val is None:
             return {"val_srcc": None, "val_plcc": None}
-        # Each rank predicts its shard with the plain module (no gradient sync
-        # needed); the per-image means are taken over all ranks' patches.
-        plan = self.val.plan(0).shard(self.dist.rank, self.dist.world_size)
-        patch_pred, image_idx = predict_patches(self.model, self.val.loader, plan, self.rt)
-        patch_pred, image_idx = gather_arrays(self.dist, patch_pred, image_idx)
-        pred = per_image_mean(patch_pred, image_idx, self.val.num_images)
+        pred = self.predict(self.val)
         return {
             "val_srcc": srcc(pred, self.val.scores),
             "val_plcc": plcc(pred, self.val.scores),
+        }
+
+    def score(self, split: Split) -> dict:
+        """SRCC, PLCC and KRCC of the current weights on a held-out set."""
+        pred = self.predict(split)
+        return {
+            "srcc": srcc(pred, split.scores),
+            "plcc": plcc(pred, split.scores),
+            "krcc": krcc(pred, split.scores),
+            "num_images": split.num_images,
         }
 
 

@@ -33,6 +33,13 @@ def check_image(path: str | Path) -> str | None:
             with Image.open(path) as img:
                 if img.format not in USABLE_FORMATS:
                     return f"unsupported format {img.format}"
+                if img.mode.startswith("I") or img.mode == "F":
+                    # Pillow clips these to 0/255 on the way to RGB, DALI scales
+                    # them: the two loaders would see different pictures.
+                    return (
+                        f"{'floating-point' if img.mode == 'F' else 'more than 8-bit'} image "
+                        f"(mode {img.mode}); convert it to 8 bits per channel"
+                    )
                 if img.format in JPEG_FORMATS:
                     # Decoding at 1/8 scale still reads every coefficient, so a
                     # truncated or corrupt stream is caught at a fraction of the cost.
@@ -42,6 +49,12 @@ def check_image(path: str | Path) -> str | None:
                     return "empty image"
     except FileNotFoundError:
         return "file not found"
+    except IsADirectoryError:
+        return "is a directory"
+    except OSError as e:
+        if e.errno is not None and e.strerror:  # a name too long, no permission, ...
+            return e.strerror
+        return f"cannot decode ({type(e).__name__}: {e})"
     except Exception as e:  # Pillow raises many types for bad data; all mean "unusable"
         return f"cannot decode ({type(e).__name__}: {e})"
     return None

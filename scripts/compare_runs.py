@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperiqa.config import format_lr
-from hyperiqa.run_folder import RunSummary, find_runs
+from hyperiqa.run_summary import RunSummary, find_runs
 
 PROG = "compare_runs"
 COLUMNS = [

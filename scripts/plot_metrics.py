@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from hyperiqa.atomic import write_atomic
-from hyperiqa.run_folder import RunFolderError, RunSummary, load_run
+from hyperiqa.atomic import overwritten_input, write_atomic
+from hyperiqa.run_summary import RunFolderError, RunSummary, load_run
 
 PROG = "plot_metrics"
 
@@ -109,13 +109,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Read every run before drawing anything: one bad folder fails fast.
+    # A folder that is not a run (a failed start, a stray folder a glob caught)
+    # is skipped with a note, as compare_runs.py does; no run at all is an error.
     runs = []
     for run_dir in args.run_dirs:
         try:
             runs.append(load_run(run_dir))
         except RunFolderError as exc:
-            raise SystemExit(f"{PROG}: error: {run_dir}: {exc}") from None
+            print(f"{PROG}: skipped {run_dir}: {exc}", file=sys.stderr)
+    if not runs:
+        raise SystemExit(f"{PROG}: error: none of the {len(args.run_dirs)} folders is a run")
     for run in runs:
         if not run.epochs:
             print(f"{PROG}: note: {run.path} has no epochs yet", file=sys.stderr)
@@ -123,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     output: Path = args.output
     if not output.parent.is_dir():
         raise SystemExit(f"{PROG}: error: folder of --output {output} does not exist")
+    inputs = [run.path / name for run in runs for name in ("metrics.json", "args.json")]
+    source = overwritten_input(output, inputs)
+    if source is not None:
+        raise SystemExit(f"{PROG}: error: --output {output} would overwrite the input {source}")
     fig = make_figure(runs)
     try:
         save_atomic(fig, output)

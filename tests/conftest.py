@@ -68,6 +68,11 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.Co
     )
 
 
+# What a finished run folder holds (val_images.json only when there is a validation set).
+FINISHED_FILES = {"args.json", "data.json", "train.log", "metrics.json", "best_model.pkl"}
+FINISHED_WITH_VAL = FINISHED_FILES | {"val_images.json"}
+
+
 def read_json(path: Path) -> object:
     return json.loads(path.read_text())
 

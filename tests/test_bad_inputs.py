@@ -26,9 +26,17 @@ import hyperiqa.run_folder
 import hyperiqa.runtime
 import train
 from hyperiqa import check_data
+from hyperiqa.run_folder import interpreter
 from pipelines.images import load_rgb
 from scripts.make_demo_dataset import natural_image
-from tests.conftest import ROOT, assert_clean_error, make_dataset, read_json, run_cli
+from tests.conftest import (
+    FINISHED_FILES,
+    ROOT,
+    assert_clean_error,
+    make_dataset,
+    read_json,
+    run_cli,
+)
 from tests.conftest import tiny_train_args as base_args
 
 RESUME = "resume_state.pt"
@@ -316,14 +324,21 @@ def test_check_data_cli_reports_every_bad_file(data: Path, tmp_path: Path) -> No
     assert str(paths[3]) not in proc.stderr
 
 
-def test_check_data_cli_names_missing_files(data: Path, capsys: pytest.CaptureFixture) -> None:
+def test_check_data_cli_lists_missing_and_broken_files_in_one_pass(
+    data: Path, capsys: pytest.CaptureFixture
+) -> None:
     paths = images_of(data)
     paths[0].unlink()
     paths[3].unlink()
+    truncate(paths[1])
+    paths[2].unlink()
+    paths[2].mkdir()  # a folder where an image should be
     argv = ["--train_json", str(data / "demo.json"), "--dataset_root", str(data)]
     assert check_data.main(argv) == 1
     err = capsys.readouterr().err
-    assert "2 of 4 image files not found" in err and str(paths[0]) in err and str(paths[3]) in err
+    assert "4 of 4 images are unusable" in err
+    assert f"{paths[0]}: file not found" in err and f"{paths[3]}: file not found" in err
+    assert f"{paths[2]}: is a directory" in err and f"{paths[1]}: cannot decode" in err
 
 
 def test_check_data_accepts_a_good_set(good: Path, capsys: pytest.CaptureFixture) -> None:
@@ -390,7 +405,7 @@ def test_full_disk_in_epoch_2_keeps_epoch_1_and_resumes(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert f"could not write {run / 'best_model.pkl'}: No space left on device" in err
-    assert "resume with: python train.py" in err
+    assert f"resume with: {interpreter()} train.py" in err
 
     # Epoch 1's files are whole: its metrics, and its weights as best model.
     assert [e["epoch"] for e in read_json(run / "metrics.json")["epochs"]] == [1]
@@ -403,9 +418,7 @@ def test_full_disk_in_epoch_2_keeps_epoch_1_and_resumes(
     monkeypatch.undo()
     assert train.main([*args, "--resume"]) == 0
     assert [e["epoch"] for e in read_json(run / "metrics.json")["epochs"]] == [1, 2]
-    assert {p.name for p in run.iterdir()} == {
-        "args.json", "train.log", "metrics.json", "best_model.pkl"
-    }  # fmt: skip
+    assert {p.name for p in run.iterdir()} == FINISHED_FILES
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")

@@ -177,9 +177,20 @@ def test_resume_with_overwrite_error_names_both(capsys: pytest.CaptureFixture[st
 
 def test_patch_size_error_mentions_resize(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        parse_args(["--resize", "100x120", "--patch_size", "112"])
+        parse_args(["--resize", "100x120"])
     err = capsys.readouterr().err
-    assert "112" in err and "100x120" in err
+    assert "224" in err and "100x120" in err
+
+
+@pytest.mark.parametrize("size", ["112", "200", "256"])
+def test_patch_size_other_than_224_is_a_flag_error(
+    size: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The LDA branches pool 56/28/14/7 maps of a 224 patch: other sizes crash mid-run."""
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--patch_size", size, "--resize", "256x256"])
+    assert exc.value.code == 2
+    assert f"--patch_size: HyperIQA's architecture needs 224, got {size}" in capsys.readouterr().err
 
 
 def test_unknown_flag_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -321,10 +332,14 @@ def test_to_json_round_trips() -> None:
     # The JSON values re-parse to the same config: resize via its HxW flag form.
     restored = dict(back)
     restored["resize"] = tuple(int(v) for v in back["resize"].split("x"))
+    restored["eval_json"], restored["eval_root"] = (
+        tuple(back["eval_json"]),
+        tuple(back["eval_root"]),
+    )
     assert TrainConfig(**restored) == cfg
 
 
 def test_to_json_does_not_mutate_config() -> None:
-    cfg = parse_args(["--resize", "256x320", "--patch_size", "200"])
+    cfg = parse_args(["--resize", "256x320", "--patch_size", "224"])
     cfg.to_json()
     assert cfg.resize == (256, 320)

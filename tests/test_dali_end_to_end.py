@@ -13,7 +13,7 @@ from scipy import stats
 import evaluate
 import train
 from pipelines.factory import dali_available
-from tests.conftest import make_dataset, read_json, tiny_train_args
+from tests.conftest import FINISHED_WITH_VAL, make_dataset, read_json, tiny_train_args
 
 pytestmark = pytest.mark.skipif(not dali_available(), reason="DALI not installed")
 
@@ -38,9 +38,7 @@ def evaluate_with(loader: str, checkpoint: Path, data: Path, out: Path, device: 
 def test_train_with_dali_on_the_cpu_writes_a_complete_run(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train.main(tiny_train_args(dataset, run, "--loader", "dali")) == 0
-    assert {p.name for p in run.iterdir()} == {
-        "args.json", "train.log", "metrics.json", "best_model.pkl",
-    }  # fmt: skip
+    assert {p.name for p in run.iterdir()} == FINISHED_WITH_VAL
     assert read_json(run / "args.json")["loader"] == "dali"
     metrics = read_json(run / "metrics.json")
     assert metrics["completed"] and len(metrics["epochs"]) == 2

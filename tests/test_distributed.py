@@ -15,7 +15,7 @@ import evaluate
 from hyperiqa.data import load_samples, split_samples
 from hyperiqa.distributed import DistInfo, gather_arrays, run_on_main
 from hyperiqa.errors import UserError
-from tests.conftest import ROOT, make_dataset, read_json, tiny_train_args
+from tests.conftest import FINISHED_WITH_VAL, ROOT, make_dataset, read_json, tiny_train_args
 
 TRAIN_PATCHES = 2
 VAL_PATCHES = 2
@@ -44,9 +44,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
 
 def test_one_run_folder_with_every_epoch(ddp_run: tuple[Path, Path, Path]) -> None:
     _, run, _ = ddp_run
-    assert {p.name for p in run.iterdir()} == {
-        "args.json", "train.log", "metrics.json", "best_model.pkl",
-    }  # fmt: skip
+    assert {p.name for p in run.iterdir()} == FINISHED_WITH_VAL
     metrics = read_json(run / "metrics.json")
     assert metrics["completed"] and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     args = read_json(run / "args.json")
@@ -109,12 +107,14 @@ def test_train_sh_rejects_a_bad_gpu_count() -> None:
 
 
 def test_resume_command_repeats_the_launcher(tmp_path: Path) -> None:
-    from hyperiqa.run_folder import RunFolder
+    from hyperiqa.run_folder import RunFolder, interpreter
 
     run = RunFolder(tmp_path / "r")
     single = run.resume_command(["--epochs", "3", "--overwrite"])
-    assert single.startswith("python train.py --epochs 3 --resume --checkpoint_dir")
+    # The interpreter that runs now (the venv's), so the command works as printed.
+    assert interpreter() in (sys.executable, os.path.relpath(sys.executable))
+    assert single.startswith(f"{interpreter()} train.py --epochs 3 --resume --checkpoint_dir")
     assert "--overwrite" not in single
     assert run.resume_command(["--epochs", "3"], world_size=4).startswith(
-        "torchrun --nproc_per_node 4 train.py --epochs 3 --resume"
+        f"{interpreter()} -m torch.distributed.run --nproc_per_node 4 train.py --epochs 3 --resume"
     )

@@ -24,11 +24,10 @@ import torch
 
 import train
 from hyperiqa.stopping import Interrupted, StopSignals
-from tests.conftest import ROOT, make_dataset, read_json, tiny_train_args
+from tests.conftest import FINISHED_WITH_VAL, ROOT, make_dataset, read_json, tiny_train_args
 
 EPOCHS = 3
 TIMING_FIELDS = {"epoch_seconds", "train_seconds", "train_patches_per_s"}
-FINISHED_FILES = {"args.json", "train.log", "metrics.json", "best_model.pkl"}
 RESUME = "resume_state.pt"
 
 
@@ -101,7 +100,7 @@ def without_timings(metrics: dict) -> dict:
 
 def assert_same_run(run: Path, reference: Path) -> None:
     """The folder of a finished run equals the uninterrupted one, timings aside."""
-    assert {p.name for p in run.iterdir()} == FINISHED_FILES  # dotfiles (temp files) included
+    assert {p.name for p in run.iterdir()} == FINISHED_WITH_VAL  # dotfiles (temp files) included
     assert without_timings(read_json(run / "metrics.json")) == without_timings(
         read_json(reference / "metrics.json")
     )
@@ -214,7 +213,9 @@ def stop_line(out: str) -> str:
 
 def printed_command(line: str) -> list[str]:
     command = shlex.split(line.split("resume with: ", 1)[1])
-    assert command[:2] == ["python", "train.py"] and "--resume" in command
+    # The interpreter that ran (this venv's), so the command works as printed.
+    assert os.path.samefile(ROOT / command[0], sys.executable)
+    assert command[1] == "train.py" and "--resume" in command
     return command[2:]
 
 

@@ -17,10 +17,10 @@ from hyperiqa.run_folder import (
     RunFolder,
     WriteError,
     epoch_checkpoint,
-    run_logger,
     save_torch_atomic,
     write_json_atomic,
 )
+from hyperiqa.run_log import run_logger
 
 TIMESTAMP = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}"
 

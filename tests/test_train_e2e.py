@@ -13,7 +13,7 @@ import torch
 import evaluate
 import train
 from hyperiqa.model import HyperNet
-from tests.conftest import read_json, tiny_train_args
+from tests.conftest import FINISHED_WITH_VAL, read_json, tiny_train_args
 
 EPOCH_FIELDS = {
     "epoch", "train_loss", "train_srcc", "val_srcc", "val_plcc",
@@ -35,7 +35,7 @@ def finished_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def test_run_folder_holds_exactly_the_guide_files(finished_run: Path) -> None:
     names = {p.name for p in finished_run.iterdir()}
-    assert names == {"args.json", "train.log", "metrics.json", "best_model.pkl"}
+    assert names == FINISHED_WITH_VAL
 
 
 def test_args_json_holds_every_resolved_argument(finished_run: Path) -> None:

@@ -1,0 +1,197 @@
+"""Summaries of run folders for the comparison and plotting tools.
+
+Reads what hyperiqa/run_folder.py writes (metrics.json, args.json) and nothing
+heavy (no torch), so compare_runs.py and plot_metrics.py start instantly.
+A folder that is not a readable run is reported with the reason, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hyperiqa.run_folder import ARGS, METRICS, RESUME
+
+
+class RunFolderError(Exception):
+    """A folder that is not a readable run folder; the message says why."""
+
+
+@dataclass
+class RunSummary:
+    """What the tools need to know about one run folder."""
+
+    path: Path
+    name: str
+    args: dict[str, Any]
+    epochs: list[dict[str, Any]]  # per-epoch records from metrics.json, in file order
+    epochs_planned: int | None
+    completed: bool
+    resumable: bool
+    best_epoch: int | None
+    best_val_srcc: float | None
+    best_val_plcc: float | None
+    last_epoch: int | None = None
+
+    @property
+    def status(self) -> str:
+        if self.completed:
+            return "finished"
+        done = self.last_epoch or 0
+        planned = self.epochs_planned if self.epochs_planned is not None else "?"
+        text = f"unfinished ({done}/{planned} epochs)"
+        return text + ", resumable" if self.resumable else text
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """(epochs, values) of one per-epoch metric, leaving out null/missing values.
+
+        val metrics are null when the run had no validation split (val_split 0);
+        those epochs are simply absent from the series rather than drawn as zero.
+        """
+        xs: list[int] = []
+        ys: list[float] = []
+        for record in self.epochs:
+            epoch = _as_int(record.get("epoch"))
+            value = _as_float(record.get(key))
+            if epoch is not None and value is not None:
+                xs.append(epoch)
+                ys.append(value)
+        return xs, ys
+
+    def row(self) -> dict[str, Any]:
+        """One flat, JSON-ready row for tables (compare_runs)."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "lr": self.args.get("lr"),
+            "batch_size": self.args.get("batch_size"),
+            "epochs": self.epochs_planned,
+            "seed": self.args.get("seed"),
+            "best_epoch": self.best_epoch,
+            "best_val_srcc": self.best_val_srcc,
+            "best_val_plcc": self.best_val_plcc,
+            "last_epoch": self.last_epoch,
+            "status": self.status,
+        }
+
+
+def _as_float(value: Any) -> float | None:
+    """A finite float, or None for null, non-numbers and NaN/inf (NaN would poison sorting)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RunFolderError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise RunFolderError(f"{path.name} is not UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(
+            f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})"
+        ) from None
+
+
+def _best_from_epochs(
+    epochs: list[dict[str, Any]],
+) -> tuple[int | None, float | None, float | None]:
+    """Best val SRCC over the epoch records; for metrics.json files without "best"."""
+    best: tuple[int | None, float | None, float | None] = (None, None, None)
+    for record in epochs:
+        srcc = _as_float(record.get("val_srcc"))
+        if srcc is not None and (best[1] is None or srcc > best[1]):
+            best = (_as_int(record.get("epoch")), srcc, _as_float(record.get("val_plcc")))
+    return best
+
+
+def load_run(path: Path) -> RunSummary:
+    """Summarise one run folder; RunFolderError if it is not a readable run."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunFolderError("not a directory")
+    if not (path / METRICS).is_file():
+        raise RunFolderError(f"no {METRICS}")
+    metrics = _read_json(path / METRICS)
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("epochs"), list):
+        raise RunFolderError(f'{METRICS} is not an object with an "epochs" list')
+    epochs = [record for record in metrics["epochs"] if isinstance(record, dict)]
+
+    # args.json is written before the first epoch; a folder without it is still
+    # worth showing (columns stay empty), but a corrupt one is reported.
+    args: dict[str, Any] = {}
+    if (path / ARGS).is_file():
+        loaded = _read_json(path / ARGS)
+        if not isinstance(loaded, dict):
+            raise RunFolderError(f"{ARGS} is not a JSON object")
+        args = loaded
+
+    epoch_numbers = [n for n in (_as_int(r.get("epoch")) for r in epochs) if n is not None]
+    last_epoch = max(epoch_numbers) if epoch_numbers else None
+    epochs_planned = _as_int(metrics.get("epochs_planned"))
+    if epochs_planned is None:
+        epochs_planned = _as_int(args.get("epochs"))
+
+    if "completed" in metrics:
+        completed = metrics["completed"] is True
+    else:  # a minimal metrics.json (only "epochs" is required): infer it
+        completed = epochs_planned is not None and (last_epoch or 0) >= epochs_planned
+
+    best = metrics.get("best")
+    if isinstance(best, dict):
+        best_epoch = _as_int(best.get("epoch"))
+        best_srcc = _as_float(best.get("val_srcc"))
+        best_plcc = _as_float(best.get("val_plcc"))
+    elif "best" in metrics and best is None:
+        best_epoch, best_srcc, best_plcc = None, None, None  # no validation in this run
+    else:
+        best_epoch, best_srcc, best_plcc = _best_from_epochs(epochs)
+
+    return RunSummary(
+        path=path,
+        name=path.name,
+        args=args,
+        epochs=epochs,
+        epochs_planned=epochs_planned,
+        completed=completed,
+        resumable=(not completed) and (path / RESUME).is_file(),
+        best_epoch=best_epoch,
+        best_val_srcc=best_srcc,
+        best_val_plcc=best_plcc,
+        last_epoch=last_epoch,
+    )
+
+
+def find_runs(root: Path) -> tuple[list[RunSummary], list[tuple[Path, str]]]:
+    """Runs in the immediate subfolders of root, and the skipped folders with a reason.
+
+    Hidden folders (.ipynb_checkpoints, .cache, ...) are ignored silently: they
+    are never runs and a note for each would only be noise. Runs come back in
+    folder-name order; callers sort as they need.
+    """
+    runs: list[RunSummary] = []
+    skipped: list[tuple[Path, str]] = []
+    for child in sorted(Path(root).iterdir(), key=lambda p: p.name):
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        try:
+            runs.append(load_run(child))
+        except RunFolderError as exc:
+            skipped.append((child, str(exc)))
+    return runs, skipped
