@@ -218,6 +218,7 @@ def load_sets(cfg: TrainConfig) -> dict[str, list[Sample]]:
     """Every set the run uses: train, val (carved out or --val_json), test and
     --eval_json sets. No image may sit in two of them, and validation must be
     able to rank (it chooses best_model.pkl)."""
+
     # Without --skip_check the image check lists missing and broken files together.
     def load(path: str, root: str) -> list[Sample]:
         return load_samples(path, root, require_files=cfg.skip_check)
