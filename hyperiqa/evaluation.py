@@ -107,6 +107,6 @@ def score_files(
     rt = resolve_runtime(
         device=device, loader=loader, num_workers=num_workers, batch_size=batch_size
     )
-    echo(rt.loader_reason)
     model = load_checkpoint(checkpoint, rt)
+    echo(rt.loader_reason)
     return score_images(model, paths, rt, resize=resize, patch_num=patch_num, patch_size=patch_size)

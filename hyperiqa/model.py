@@ -355,7 +355,7 @@ def _read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
     except Exception as e:  # truncated download, unreadable file, ...
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelLoadError(f"{what} {path} could not be read: {first_line[:200]}") from None
-    if isinstance(obj, Mapping) and {"model", "optimizer", "epoch"} <= set(obj):
+    if isinstance(obj, Mapping) and {"model", "epoch"} <= set(obj):
         raise ModelLoadError(
             f"{what} {path} is a training run's resume state, not a model: pass the run's "
             "best_model.pkl (or epoch_N.pkl), or continue that run with train.py --resume"

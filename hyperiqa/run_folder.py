@@ -313,13 +313,21 @@ class RunFolder:
 
         path = self.file(RESUME)
         try:
-            return torch.load(path, map_location=device, weights_only=True)
+            state = torch.load(path, map_location=device, weights_only=True)
         except Exception as e:  # written atomically: only a damaged disk or a foreign file
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(
                 f"--resume: cannot read {path} ({type(e).__name__}: {reason[:200]}); "
                 "start the run again with --overwrite"
             ) from None
+        best = state.get("best") if isinstance(state, dict) else None
+        if best and not self.file(BEST).is_file():
+            raise UserError(
+                f"--resume: {BEST} (epoch {best['epoch']}) is missing from {self.path}, so the "
+                "resumed run could not end with its best model; nothing was changed. Start "
+                "the run again with --overwrite"
+            )
+        return state
 
     def history(self) -> History:
         """The history metrics.json records (for a run whose epochs are all done)."""

@@ -33,13 +33,11 @@ def check_image(path: str | Path) -> str | None:
             with Image.open(path) as img:
                 if img.format not in USABLE_FORMATS:
                     return f"unsupported format {img.format}"
-                if img.mode.startswith("I") or img.mode == "F":
-                    # Pillow clips these to 0/255 on the way to RGB, DALI scales
-                    # them: the two loaders would see different pictures.
-                    return (
-                        f"{'floating-point' if img.mode == 'F' else 'more than 8-bit'} image "
-                        f"(mode {img.mode}); convert it to 8 bits per channel"
-                    )
+                deep = _deeper_than_8_bits(img, path)
+                if deep:
+                    # Pillow clips or truncates these on the way to 8-bit RGB, DALI
+                    # scales them: the two loaders would see different pictures.
+                    return f"{deep}; convert it to 8 bits per channel"
                 if img.format in JPEG_FORMATS:
                     # Decoding at 1/8 scale still reads every coefficient, so a
                     # truncated or corrupt stream is caught at a fraction of the cost.
@@ -57,6 +55,23 @@ def check_image(path: str | Path) -> str | None:
         return f"cannot decode ({type(e).__name__}: {e})"
     except Exception as e:  # Pillow raises many types for bad data; all mean "unusable"
         return f"cannot decode ({type(e).__name__}: {e})"
+    return None
+
+
+def _deeper_than_8_bits(img: Image.Image, path: str | Path) -> str | None:
+    """What makes an image more than 8 bits per channel, or None."""
+    if img.mode == "F":
+        return "floating-point image (mode F)"
+    if img.mode.startswith("I"):
+        return f"more than 8-bit image (mode {img.mode})"
+    if img.format == "TIFF" and max(img.tag_v2.get(258, (8,)) or (8,)) > 8:
+        return f"{max(img.tag_v2.get(258))}-bit TIFF"
+    if img.format == "PNG":
+        # Pillow opens a 48/64-bit PNG as 8-bit RGB(A); its IHDR says the truth.
+        with open(path, "rb") as f:
+            header = f.read(25)
+        if len(header) == 25 and header[24] > 8:
+            return f"{header[24]}-bit-per-channel PNG"
     return None
 
 
