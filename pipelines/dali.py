@@ -350,7 +350,7 @@ class _WindowPipeline:
           read share one stream, so no ``record_stream`` is needed: when the
           tensor dies, the allocator reuses its block only for work queued after
           everything already in that stream. (``record_stream`` is for a tensor
-          made on one stream and used on another; the old copy stream needed it.)
+          made on one stream and used on another, as with a side copy stream.)
         - DALI's buffer: a non-blocking ``copy_to_external`` makes the buffer's own
           order wait for the copy, and DALI frees device memory in stream order,
           so our reference can go as soon as the copy is queued, whether or not
@@ -362,9 +362,10 @@ class _WindowPipeline:
         DALI's pool when PyTorch drops it, and is safe only if DALI frees it in
         the consuming stream's order -- an executor detail this code cannot
         check without a GPU -- while the copy is safe by ``copy_to_external``'s
-        contract. It costs one device-to-device pass over the window (~0.7 GB in
-        fp16 for 96 images x 25 patches: well under a millisecond on an H100,
-        against roughly a second of training on that window).
+        contract. It costs one device-to-device pass over the window (0.7 GB in
+        fp16 for 96 images x 25 patches: about half a millisecond at H100 memory
+        bandwidth, against the hundreds of milliseconds its 25 training steps take;
+        an estimate, not yet measured).
         """
         n = len(output)
         p, s = self.key.patches_per_image, self.key.patch_size
