@@ -69,7 +69,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = outcome.get_result()
     gpu = "gpu" in item.keywords
     _, status = _strict_results.get(item.nodeid, (gpu, ""))
-    if report.skipped and not hasattr(report, "wasxfail"):
+    if hasattr(report, "wasxfail"):
+        status = "xfail"  # expected to fail: neither counted as run nor as skipped
+    elif report.skipped:
         status = "skipped"
         if gpu:
             report.outcome = "failed"
