@@ -99,6 +99,7 @@ class Row:
     note: str = ""
     device: torch.device | None = None  # deliver elsewhere than the runtime's device
     workers: int | None = None  # another Pillow worker count
+    cudnn_benchmark: bool | None = None  # None: the runtime's setting (on, on CUDA)
 
     def decodes_per_image(self, patch_num: int) -> float:
         """By construction: the original scheme decodes per patch, synthetic never, ours once."""
@@ -169,6 +170,25 @@ def measure(setup: Setup, row: Row, consume: Callable) -> dict:
 
     result: dict = {"name": row.name}
     window_batches = setup.patch_num  # a shuffle window: batch_size images x patch_num patches
+    # A row may run with cuDNN's autotuner the other way round; the next row gets
+    # the runtime's setting back (bench rows share one model and one process).
+    rt = setup.rt
+    if row.cudnn_benchmark is not None:
+        rt = dataclasses.replace(rt, cudnn_benchmark=row.cudnn_benchmark and rt.cuda)
+    rt.apply_backend_flags()
+    result["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+    try:
+        result.update(_measure_row(setup, row, consume, window_batches, gpu_used))
+    finally:
+        setup.rt.apply_backend_flags()
+    return result
+
+
+def _measure_row(
+    setup: Setup, row: Row, consume: Callable, window_batches: int, gpu_used: Callable
+) -> dict:
+    cuda, device = setup.rt.cuda, setup.rt.device
+    result: dict = {}
     with RowMonitor(gpu_used=gpu_used if cuda else None) as monitor:
         result["rss_start_mb"] = monitor.rss_start_mb
         loader = open_loader(setup, row)

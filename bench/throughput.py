@@ -11,8 +11,10 @@ Rows (each measured after a warm-up, for ``--seconds``):
 - ``loader/pillow``, ``loader/dali-cpu``, ``loader/dali-gpu`` (CUDA): our loaders
   alone, iterating a training plan, each batch waited for on the target device.
 - ``train/synthetic``: the trainer's step (HyperNet forward, L1, Adam; bf16 +
-  channels_last on CUDA, fp32 on the CPU) fed by the synthetic loader (random
-  patches already on the device): the model's ceiling.
+  channels_last + cuDNN autotuning on CUDA, fp32 on the CPU) fed by the
+  synthetic loader (random patches already on the device): the model's ceiling.
+- ``train/synthetic-cudnn-off`` (CUDA): the same with ``torch.backends.cudnn.benchmark``
+  off (``-cudnn-on`` instead under ``--no_cudnn_benchmark``): what the autotuner buys.
 - ``train/pillow`` and ``train/dali-gpu`` (CUDA) or ``train/dali-cpu`` (CPU):
   the same step fed by the loader.
 
@@ -138,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the training step, as train.py"
     )
+    p.add_argument(
+        "--no_cudnn_benchmark",
+        dest="cudnn_benchmark",
+        action="store_false",
+        help="cuDNN autotuner off for the rows (as train.py's flag); one row measures the other way",
+    )
     # For tests and experiments: smaller inputs than KonIQ's.
     p.add_argument("--resize", type=resize_type, default=(384, 512), help=argparse.SUPPRESS)
     p.add_argument("--image_size", type=resize_type, default=(768, 1024), help=argparse.SUPPRESS)
@@ -172,7 +180,11 @@ def setup(args: argparse.Namespace) -> Setup:
         16 if args.quick and (device == "cpu" or not torch.cuda.is_available()) else 96
     )
     rt = resolve_runtime(
-        device=args.device, loader="pillow", num_workers=args.num_workers, batch_size=batch_size
+        device=args.device,
+        loader="pillow",
+        num_workers=args.num_workers,
+        batch_size=batch_size,
+        cudnn_benchmark=args.cudnn_benchmark,
     )
     if args.data_json:
         samples = load_samples(args.data_json, args.dataset_root or Path(args.data_json).parent)
@@ -198,7 +210,8 @@ def setup(args: argparse.Namespace) -> Setup:
 
 
 def row_plan(args: argparse.Namespace, cuda: bool) -> list[Row]:
-    """Every row this run makes, in order."""
+    """Every row this run makes, in order. ``args.cudnn_benchmark``: the runtime's
+    autotuner setting (train.py's default on CUDA is on)."""
     cpu = torch.device("cpu")
     rows = [
         Row("loader/original", "original", train=False, note="per-patch decode"),
@@ -212,8 +225,22 @@ def row_plan(args: argparse.Namespace, cuda: bool) -> list[Row]:
     rows.append(Row("loader/dali-cpu", "dali", train=False, note=cpu_note, device=cpu))
     if cuda:
         rows.append(Row("loader/dali-gpu", "dali", train=False))
+    rows.append(
+        Row("train/synthetic", "synthetic", train=True, note="random patches on the device")
+    )
+    if cuda:
+        # The same step with cuDNN's autotuner the other way round, in the same run.
+        other = not args.cudnn_benchmark
+        rows.append(
+            Row(
+                f"train/synthetic-cudnn-{'on' if other else 'off'}",
+                "synthetic",
+                train=True,
+                note=f"torch.backends.cudnn.benchmark {other}",
+                cudnn_benchmark=other,
+            )
+        )
     rows += [
-        Row("train/synthetic", "synthetic", train=True, note="random patches on the device"),
         Row("train/pillow", "pillow", train=True),
         Row("train/dali-gpu" if cuda else "train/dali-cpu", "dali", train=True),
     ]
@@ -322,18 +349,19 @@ def format_table(env: dict, results: list[dict]) -> str:
         f"{env['cpu_affinity']} CPU cores, torch {env['torch']}, DALI {env['dali']}",
         f"batch {env['batch_size']}, {env['patch_num']} patches/image, resize "
         f"{env['resize'][0]}x{env['resize'][1]}, {env['num_workers']} workers, amp {env['amp']}, "
+        f"cudnn.benchmark {env['cudnn_benchmark']}, "
         f"{env['seconds_per_row']:g} s per row; load average {env['loadavg_start'][0]} -> "
         f"{env['loadavg_end'][0]}",
         f"data: {env['data']}",
     ]
     cols = (
-        f"{'row':<18} {'patches/s':>10} {'speed-up':>15} {'decodes':>8} "
+        f"{'row':<26} {'patches/s':>10} {'speed-up':>15} {'decodes':>8} "
         f"{'data wait':>10} {'peak RSS':>9} {'GPU mem':>8} {'KonIQ 16 ep':>11}"
     )
     lines = [*head, "", cols, "-" * len(cols)]
     for r in results:
         if r.get("skipped") or r.get("error"):
-            lines.append(f"{r['name']:<18} skipped: {r.get('skipped') or r.get('error')}")
+            lines.append(f"{r['name']:<26} skipped: {r.get('skipped') or r.get('error')}")
             continue
         base = {"train/synthetic": "synthetic", "loader/original": "original"}[r["ratio_to"]]
         ratio = f"{r['ratio']:.2f}x {base}" if r["ratio"] is not None else "-"
@@ -341,7 +369,7 @@ def format_table(env: dict, results: list[dict]) -> str:
         rss = f"{r['peak_rss_mb']:.0f} MB" if r.get("peak_rss_mb") is not None else "-"
         gpu = f"{r['peak_gpu_mb']:.0f} MB" if r.get("peak_gpu_mb") is not None else "-"
         lines.append(
-            f"{r['name']:<18} {r['patches_per_s']:>10.1f} {ratio:>15} "
+            f"{r['name']:<26} {r['patches_per_s']:>10.1f} {ratio:>15} "
             f"{_fmt(r['decodes_per_image'], '.2f'):>8} {r['data_wait_s']:>8.2f} s "
             f"{rss:>9} {gpu:>8} {est:>11}"
         )

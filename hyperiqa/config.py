@@ -53,6 +53,9 @@ class TrainConfig:
     dali_threads: int
     dali_hw_decoder_load: float
     dali_prefetch: int
+    # --no_cudnn_benchmark sets it False; with a default, so an args.json written
+    # before the flag existed still loads (and a resume may change it: SPEED_FLAGS).
+    cudnn_benchmark: bool = True
     # Not a flag: how many processes train together (torchrun), recorded in args.json.
     world_size: int = 1
 
@@ -338,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep NCHW memory layout on CUDA",
     )
     hw.add_argument(
+        "--no_cudnn_benchmark",
+        dest="cudnn_benchmark",
+        action="store_false",
+        help="turn off cuDNN's autotuner on CUDA (on by default: fastest kernels for the "
+        "fixed patch shape, at the price of run-to-run bit differences)",
+    )
+    hw.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the training step (slow first steps; measure with bench --compile)",
@@ -389,6 +399,7 @@ SPEED_FLAGS = frozenset(
         "dali_threads",
         "dali_prefetch",
         "dali_hw_decoder_load",
+        "cudnn_benchmark",
     }
 )
 

@@ -1,5 +1,5 @@
-"""Every runtime decision, made once: device, precision, memory layout, loader,
-workers and the per-process batch.
+"""Every runtime decision, made once: device, precision, memory layout, cuDNN
+autotuning, loader, workers and the per-process batch.
 
 ``resolve_runtime`` turns the user's requests (``auto`` values included) into
 one frozen ``Runtime``; the trainer, evaluation, predict and the benchmark all
@@ -39,6 +39,9 @@ class Runtime:
     loader_reason: str  # one line for the log: which loader and why
     num_workers: int  # Pillow decode processes
     batch_per_rank: int  # patches per step in this process (--batch_size / world size)
+    # cuDNN's autotuner (torch.backends.cudnn.benchmark): on by default on CUDA,
+    # off with --no_cudnn_benchmark, always off on the CPU. Set by apply_backend_flags.
+    cudnn_benchmark: bool = False
     dist: DistInfo = field(default_factory=DistInfo)
 
     @property
@@ -68,7 +71,23 @@ class Runtime:
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
+    def apply_backend_flags(self) -> None:
+        """Set the process-wide backend switches this runtime decided (the one place).
+
+        cudnn.benchmark times cuDNN's algorithms for each new input shape once and
+        keeps the fastest: a training run feeds one shape (batch x 3 x 224 x 224)
+        thousands of times, plus a short last batch and the validation batches, so
+        the few timed first steps pay off at once. Its price: the chosen algorithms
+        may differ between runs, so CUDA runs are not bit-reproducible (cuDNN's
+        backward pass already is not); --no_cudnn_benchmark turns it off.
+        """
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on this runtime's device and layout; also applies the backend flags,
+        since everything that computes with a model (training, evaluation, predict, the
+        benchmark) passes here first."""
+        self.apply_backend_flags()
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
@@ -100,10 +119,12 @@ def resolve_runtime(
     num_workers: int | None = None,
     batch_size: int,
     channels_last: bool = True,
+    cudnn_benchmark: bool = True,
     dist: DistInfo | None = None,
 ) -> Runtime:
     """Decide how this process computes. ``amp=None`` means the default (bf16
-    on CUDA); ``--batch_size`` is the global batch, split evenly over ranks."""
+    on CUDA); ``--batch_size`` is the global batch, split evenly over ranks;
+    ``cudnn_benchmark`` applies on CUDA only."""
     dist = dist or DistInfo()
     dev = resolve_device(device)
     if dev.type != "cuda" and amp in AMP_DTYPES:
@@ -120,6 +141,7 @@ def resolve_runtime(
         loader_reason=reason,
         num_workers=default_workers(dev) if num_workers is None else num_workers,
         batch_per_rank=per_rank_batch(batch_size, dist),
+        cudnn_benchmark=cudnn_benchmark and cuda,
         dist=dist,
     )
 

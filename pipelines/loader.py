@@ -67,6 +67,40 @@ def normalize_uint8(patches: torch.Tensor, dtype: torch.dtype = torch.float32) -
     return out.to(dtype)
 
 
+def plan_indices(plan: PatchPlan) -> np.ndarray:
+    """Everything the shuffle needs to know of a plan, as one ``[2, num_patches]`` int64 array.
+
+    Row 0: every window's permutation, concatenated (each indexes its own window's
+    patches, laid out image-major). Row 1: the image index of each patch in delivery
+    order. Window ``w`` owns the columns ``[offset_w, offset_w + len(perm_w))``.
+    """
+    windows = list(plan.windows())
+    if not windows:
+        return np.zeros((2, 0), dtype=np.int64)
+    p = plan.patches_per_image
+    perms = np.concatenate([perm for _, perm in windows]).astype(np.int64, copy=False)
+    image_idx = np.concatenate([np.repeat(plan.order[rows], p)[perm] for rows, perm in windows])
+    return np.stack([perms, image_idx.astype(np.int64, copy=False)])
+
+
+def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Copy a host array to ``device`` without making the host wait for the device.
+
+    On CUDA the array goes through pinned (page-locked) memory with ``non_blocking``:
+    the copy is queued on the current stream behind the work already there, and the
+    host returns at once. A pageable ``.to(device)`` would instead wait until that
+    stream has drained (a blocking copy synchronises the stream), emptying the
+    GPU's queue of training kernels. Dropping the pinned tensor right away is safe:
+    PyTorch allocates it from its caching host allocator, which records an event
+    for the pending copy and reuses the block only once the copy has finished.
+    The result belongs to the current stream, where the shuffle uses it.
+    """
+    host = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return host.to(device)  # the CPU: no copy at all
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def shuffle_into_batches(
     plan: PatchPlan,
     windows: Iterable[torch.Tensor],
@@ -79,17 +113,26 @@ def shuffle_into_batches(
     Batches may straddle two windows; the last batch of the plan may be short
     (the original code kept it too). ``finish`` runs per batch, after the cut,
     so a uint8 window is converted to float one batch at a time.
+
+    The plan's permutations and image indices reach the device in one upload,
+    made when the first window arrives (its device is where batches go); each
+    window then slices its part on the device. A plan's batches are consumed on
+    one stream (the stream current at the first window), as the trainer does.
     """
-    p = plan.patches_per_image
+    indices = plan_indices(plan)
+    on_device: torch.Tensor | None = None
+    offset = 0
     carry_x: torch.Tensor | None = None
     carry_idx: torch.Tensor | None = None
-    for (rows, perm), patches in zip(plan.windows(), windows, strict=True):
-        if patches.shape[0] != len(perm):
-            raise RuntimeError(f"loader gave {patches.shape[0]} patches, plan wants {len(perm)}")
-        device = patches.device
-        image_idx = np.repeat(plan.order[rows], p)[perm]
-        x = patches[torch.from_numpy(perm).to(device)]
-        idx = torch.from_numpy(image_idx).to(device)
+    for (_, perm), patches in zip(plan.windows(), windows, strict=True):
+        n = len(perm)
+        if patches.shape[0] != n:
+            raise RuntimeError(f"loader gave {patches.shape[0]} patches, plan wants {n}")
+        if on_device is None:
+            on_device = upload(indices, patches.device)  # once per plan
+        window = on_device[:, offset : offset + n]
+        offset += n
+        x, idx = patches[window[0]], window[1]
         if carry_x is not None:
             x, idx = torch.cat([carry_x, x]), torch.cat([carry_idx, idx])
         full = (x.shape[0] // batch_size) * batch_size

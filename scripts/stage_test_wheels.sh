@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Stage pytest (pure-Python wheels, ~1 MB) for an offline GPU machine that has
-# torch but no pytest; scripts/gpu_check.sh installs them from .devwheels/extra.
-# Carry .devwheels/extra along with the last DALI part (see README, GPU notes).
+# Stage pytest and everything it imports (pure-Python wheels, ~2 MB) for an
+# offline GPU machine that has torch but no pytest; scripts/gpu_check.sh unpacks
+# them from .devwheels/extra when `import pytest` fails there. Copy .devwheels/extra
+# to that machine along with the repository (README, GPU notes).
+#
+#   bash scripts/stage_test_wheels.sh            # for Python 3.12
+#   PYTHON_VERSION=3.11 bash scripts/stage_test_wheels.sh
+#
+# pip resolves the dependencies for the target Python (pytest 8.4+ also needs
+# pygments, which a fixed list of names missed), so the set stays complete when
+# pytest changes what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=.devwheels/extra
+PYTHON_VERSION=${PYTHON_VERSION:-3.12}
 mkdir -p "$DEST"
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-  -d "$DEST" pytest pluggy iniconfig packaging
+python3 -m pip download -q --only-binary=:all: --python-version "$PYTHON_VERSION" \
+  --implementation py --abi none --platform any -d "$DEST" "pytest>=8.0"
 ls -l "$DEST"

@@ -6,7 +6,10 @@ and the resize/patch sizes small (96x128, 64) so the file stays fast.
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +19,19 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
-from pipelines.dali import DaliLoader
+import pipelines.dali as dali_module
+import pipelines.loader as loader_module
+from pipelines.dali import DaliLoader, _FileReads
 from pipelines.errors import LoaderError
 from pipelines.factory import make_loader
-from pipelines.loader import IMAGENET_MEAN, IMAGENET_STD, LoaderSettings, PatchBatch
+from pipelines.loader import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LoaderSettings,
+    PatchBatch,
+    plan_indices,
+    shuffle_into_batches,
+)
 from pipelines.patches import PatchPlan, eval_plan, train_plan
 
 RESIZE = (96, 128)  # (H, W)
@@ -267,6 +279,113 @@ def test_factory_builds_dali_loader(images):
         loader.close()
 
 
+# -- no stalls: file reads ahead, one upload per plan ----------------------------------------
+
+
+def _per_image_reference(loader: DaliLoader, plan: PatchPlan) -> torch.Tensor:
+    """The stream ``plan`` must deliver, rebuilt from each image decoded alone.
+
+    The same crops, one image per window and no shuffle (another pipeline, another
+    windowing, other read-ahead), then the plan's window shuffles applied here.
+    """
+    single = PatchPlan(
+        plan.order,
+        plan.tops,
+        plan.lefts,
+        plan.flips,
+        window=1,
+        window_perms=tuple(np.arange(P) for _ in range(plan.num_images)),
+        patch_size=plan.patch_size,
+    )
+    per_image = torch.cat([b.images for b in _run(loader, single)])  # image-major, plan order
+    return torch.cat(
+        [
+            per_image[rows.start * P : rows.stop * P][torch.from_numpy(perm)]
+            for rows, perm in plan.windows()
+        ]
+    )
+
+
+@pytest.mark.parametrize("prefetch", [1, 3])
+def test_windows_are_bit_identical_to_images_decoded_alone(images, prefetch):
+    """Reads ahead, prefetch depth and the one-upload shuffle change nothing delivered."""
+    n = len(images)
+    loader = DaliLoader(images, _settings(dali_prefetch=prefetch))
+    try:
+        for plan in (_train(n, window=3), _train(n, window=2, epoch=1), _eval(n, window=5)):
+            got = torch.cat([b.images for b in _run(loader, plan)])
+            assert torch.equal(got, _per_image_reference(loader, plan))
+    finally:
+        loader.close()
+
+
+def test_the_training_thread_never_reads_a_file(images, monkeypatch):
+    readers: list[str] = []
+    real_read = dali_module._read_bytes
+
+    def spy(path: Path) -> np.ndarray:
+        readers.append(threading.current_thread().name)
+        return real_read(path)
+
+    monkeypatch.setattr(dali_module, "_read_bytes", spy)
+    loader = DaliLoader(images, _settings())
+    try:
+        plan = _train(len(images), window=2)
+        assert sum(b.images.shape[0] for b in _run(loader, plan)) == len(images) * P
+    finally:
+        loader.close()
+    assert len(readers) == len(images)  # every file once, none twice
+    assert threading.main_thread().name not in readers
+
+
+def test_file_reads_are_submitted_ahead_in_plan_order(images):
+    plan = _train(len(images), window=2)  # 4 windows
+    with dali_module.ThreadPoolExecutor(max_workers=2) as reader:
+        reads = _FileReads(plan, images, reader)
+        reads.submit(range(1))
+        assert sorted(reads._pending) == [0]
+        data = reads.take(0)
+        # Taking window 0 queued the next READ_AHEAD windows, not more.
+        assert sorted(reads._pending) == list(range(1, 1 + dali_module.READ_AHEAD))
+        want = [np.fromfile(images[i], dtype=np.uint8) for i in plan.order[0:2]]
+        assert all(np.array_equal(a, b) for a, b in zip(data, want, strict=True))
+        reads.take(3)  # any window can be taken, read ahead or not
+        reads.cancel()
+        assert reads._pending == {}
+
+
+def test_the_plan_reaches_the_device_in_one_upload(images, monkeypatch):
+    uploads: list[tuple[int, ...]] = []
+    real_upload = loader_module.upload
+
+    def spy(array: np.ndarray, device: torch.device) -> torch.Tensor:
+        uploads.append(array.shape)
+        return real_upload(array, device)
+
+    monkeypatch.setattr(loader_module, "upload", spy)
+    n = len(images)
+    loader = DaliLoader(images, _settings())
+    try:
+        plan = _train(n, window=2)  # 4 windows, one upload
+        _run(loader, plan)
+        assert uploads == [(2, n * P)]
+        _run(loader, _train(n, window=3, epoch=1))  # the next plan: one more
+        assert uploads == [(2, n * P), (2, n * P)]
+    finally:
+        loader.close()
+
+
+def test_plan_indices_are_the_window_perms_and_their_images():
+    plan = _train(8, window=3)
+    perms, image_idx = plan_indices(plan)
+    assert np.array_equal(perms, np.concatenate(plan.window_perms))
+    expected = [np.repeat(plan.order[rows], P)[perm] for rows, perm in plan.windows()]
+    assert np.array_equal(image_idx, np.concatenate(expected))
+    empty = _train(0, window=3)
+    assert plan_indices(empty).shape == (2, 0)
+    assert list(shuffle_into_batches(empty, [], 4)) == []
+
+
 # -- bad files -----------------------------------------------------------------------------
 
 
@@ -353,3 +472,94 @@ def test_gpu_patches_match_cpu(kind, images, cpu_loader):
     for i, path in enumerate(images):
         assert diff[gpu_idx == i].mean() < 2 * GPU_MEAN_TOL, path.name
     assert torch.equal(gpu_x, again_x)
+
+
+# -- GPU: the handover waits on streams, never on the host ---------------------------------
+
+
+@functools.cache
+def _gpu_cycles_per_ms() -> float:
+    """Clock cycles of ``torch.cuda._sleep`` per millisecond, measured once."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(1_000_000)
+    end.record()
+    end.synchronize()
+    return 1_000_000 / max(start.elapsed_time(end), 1e-3)
+
+
+def _queue_gpu_work(seconds: float) -> None:
+    """Queue about ``seconds`` of GPU time on the current stream (a one-thread spin)."""
+    torch.cuda._sleep(int(seconds * 1000 * _gpu_cycles_per_ms()))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_window_handover_does_not_wait_for_queued_training_work(images):
+    """A window reaches the consumer while the consumer's stream is still busy.
+
+    The old loader uploaded each window's permutation with a pageable ``.to(device)``,
+    which waits for the stream to drain: here that would take the 2 s queued below.
+    """
+    n, window = len(images), 2
+    loader = DaliLoader(images, _settings(torch.device("cuda"), batch_size=window * P))
+    try:
+        it = loader.batches(_train(n, window=window))  # one batch per window
+        first = next(it)
+        _gpu_cycles_per_ms()
+        time.sleep(0.5)  # let DALI finish the windows it decodes ahead
+        torch.cuda.synchronize()
+        _queue_gpu_work(2.0)
+        t0 = time.perf_counter()
+        second = next(it)  # window 1, while the stream still has ~2 s of work queued
+        took = time.perf_counter() - t0
+        rest = list(it)
+        torch.cuda.synchronize()
+    finally:
+        loader.close()
+    assert took < 1.0, f"the window handover waited {took:.2f} s for the GPU"
+    assert sum(b.images.shape[0] for b in [first, second, *rest]) == n * P
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("side_stream", [False, True], ids=["current-stream", "side-stream"])
+def test_gpu_windows_survive_a_lagging_consumer(images, side_stream):
+    """The consumer's stream lags behind DALI, which decodes, frees and reuses buffers
+    ahead: each window's copy is queued behind busy work. A copy that DALI's buffer did
+    not wait for, or a tensor used on a stream it was not made for, reads garbage."""
+    n = len(images)
+    plan = _train(n, window=1, epoch=2)  # 8 windows of one image: 8 handovers
+    loader = DaliLoader(images, _settings(torch.device("cuda"), batch_size=P))
+    try:
+        reference = _stream(_run(loader, plan))
+        _gpu_cycles_per_ms()
+        stream = torch.cuda.Stream() if side_stream else torch.cuda.current_stream()
+        kept = []
+        with torch.cuda.stream(stream):
+            for batch in loader.batches(plan):
+                kept.append(batch)
+                _queue_gpu_work(0.05)
+        stream.synchronize()
+        got = _stream(kept)
+    finally:
+        loader.close()
+    assert torch.equal(got[1], reference[1])
+    assert torch.equal(got[0], reference[0])
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_shuffle_never_synchronises():
+    """PyTorch's sync debug mode turns any synchronising call in the shuffle into an error."""
+    plan = _train(8, window=3)
+    windows = [torch.randn(len(perm), 3, 4, 4, device="cuda") for _, perm in plan.windows()]
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batches = list(shuffle_into_batches(plan, windows, 5))
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    assert sum(b.images.shape[0] for b in batches) == 8 * P
+    assert all(b.image_idx.device.type == "cuda" for b in batches)

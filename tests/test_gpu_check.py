@@ -1,0 +1,253 @@
+"""scripts/gpu_check.sh without a GPU: its time budget, its fail-fast preflight, the
+strict switch that turns skipped gpu tests into failures, and a whole run in its
+CPU stand-in mode. Also the GPU defaults the check exercises (cuDNN's autotuner
+and the benchmark rows that measure it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import throughput
+from hyperiqa import runtime
+from hyperiqa.config import SPEED_FLAGS, parse_args
+from hyperiqa.runtime import Runtime, resolve_runtime
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+STEPS = ["preflight", "smoke", "tests", "bench", "train"]
+OUT_FILES = {
+    "summary.txt", "env.txt", "smoke.txt", "tests.txt", "bench.txt", "train.txt",
+    "bench.json", "train_metrics.json",
+}  # fmt: skip
+needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+def run_check(
+    out: Path, *args: str, timeout: float = 240, **env: str
+) -> subprocess.CompletedProcess:
+    """The check as a user runs it, with this interpreter first on PATH (as python3)."""
+    bindir = out.parent / "bin"
+    bindir.mkdir(exist_ok=True)
+    python3 = bindir / "python3"
+    python3.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python3.chmod(0o755)
+    full_env = {**os.environ, "OUT": str(out), "PATH": f"{bindir}:{os.environ['PATH']}", **env}
+    full_env.pop("HYPERIQA_GPU_STRICT", None)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        cwd=out.parent,  # not the repository: the script finds it itself
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# -- the plan: one device call ---------------------------------------------------------------
+
+
+def test_steps_fit_one_device_call() -> None:
+    proc = subprocess.run(["bash", str(SCRIPT), "--plan"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    limits = dict(re.findall(r"^step (\w+) limit=(\d+)s$", proc.stdout, re.M))
+    assert list(limits) == STEPS
+    grace = int(re.search(r"^kill grace: (\d+)s per step$", proc.stdout, re.M).group(1))
+    total = sum(int(v) + grace for v in limits.values())
+    assert total <= 540, proc.stdout  # a 10-minute call, with a minute for setting up
+    assert f"time budget: {total}s of 540s" in proc.stdout
+
+
+# -- preflight: one line, at once -------------------------------------------------------------
+
+
+@needs_no_cuda
+def test_no_cuda_device_fails_at_once_with_one_line(tmp_path: Path) -> None:
+    start = time.monotonic()
+    proc = run_check(tmp_path / "out")
+    assert proc.returncode == 1
+    assert time.monotonic() - start < 60  # imports only: nothing long runs
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("FAIL preflight: no CUDA device visible"), lines
+    assert (tmp_path / "out" / "summary.txt").read_text().splitlines() == lines
+    assert not (tmp_path / "out" / "tests.txt").exists()
+
+
+def test_missing_dali_fails_at_once_naming_both_packages(tmp_path: Path) -> None:
+    # A sitecustomize that hides nvidia.dali, as on a machine without it.
+    hide = tmp_path / "hide_dali"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['nvidia.dali'] = None\n")
+    proc = run_check(tmp_path / "out", PYTHONPATH=str(hide), GPU_CHECK_STANDIN="1")
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("FAIL preflight: cannot import nvidia.dali")
+    assert "nvidia-dali-cuda120" in lines[0] and "nvidia-dali-cuda130" in lines[0]
+
+
+# -- the strict switch: a skipped gpu test fails ---------------------------------------------
+
+PROBE = """
+import pytest
+
+@pytest.mark.gpu
+def test_gpu_skips_itself():
+    pytest.skip("pretending the device is missing")
+
+@pytest.mark.gpu
+def test_gpu_runs():
+    pass
+
+def test_plain_skip():
+    pytest.skip("not a gpu test: may skip")
+"""
+
+PROBE_MODULE_SKIP = """
+import pytest
+pytest.importorskip("no_such_module_for_the_probe")
+
+@pytest.mark.gpu
+def test_never_collected():
+    pass
+"""
+
+
+def _run_probe(tmp_path: Path, strict: bool) -> subprocess.CompletedProcess:
+    probe = tmp_path / "probe"
+    probe.mkdir(exist_ok=True)
+    (probe / "test_probe.py").write_text(textwrap.dedent(PROBE))
+    (probe / "test_probe_module_skip.py").write_text(textwrap.dedent(PROBE_MODULE_SKIP))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("HYPERIQA_GPU_STRICT", None)
+    if strict:
+        env["HYPERIQA_GPU_STRICT"] = "1"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest"]
+    cmd += ["--rootdir", str(probe), "--continue-on-collection-errors", "-W", "ignore", str(probe)]
+    return subprocess.run(cmd, cwd=probe, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_skipped_gpu_tests_pass_quietly_without_the_switch(tmp_path: Path) -> None:
+    proc = _run_probe(tmp_path, strict=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "strict gpu run" not in proc.stdout
+
+
+def test_skipped_gpu_tests_fail_under_the_switch(tmp_path: Path) -> None:
+    proc = _run_probe(tmp_path, strict=True)
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+    assert re.search(r"(FAILED|ERROR) test_probe.py::test_gpu_skips_itself", out), out
+    assert "gpu test skipped under HYPERIQA_GPU_STRICT=1" in out
+    # A module skipped while collecting might have held gpu tests: an error too.
+    assert "ERROR test_probe_module_skip.py" in out
+    # A plain (not gpu-marked) test may still skip: it is not reported.
+    assert "test_plain_skip" not in out
+    # The counting line the check copies into its summary.
+    (line,) = [x for x in out.splitlines() if x.startswith("strict gpu run:")]
+    ran_gpu = 0 if not torch.cuda.is_available() else 1  # test_gpu_runs needs CUDA to run
+    assert line.startswith(f"strict gpu run: {ran_gpu} tests ran, {ran_gpu} of them gpu-marked")
+    assert f"{3 - ran_gpu} skipped" in line
+
+
+# -- a whole run, CPU stand-in --------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_standin_run_passes_every_step_into_at_most_8_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run_check(out, GPU_CHECK_STANDIN="1")
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 0, summary + proc.stderr
+    # At most 8 files, none in a subfolder, all of them the documented ones.
+    found = [p for p in out.rglob("*")]
+    assert all(p.is_file() and p.parent == out for p in found), found
+    assert {p.name for p in found} <= OUT_FILES and len(found) <= 8
+    assert {p.name for p in found} == OUT_FILES  # every step left its file
+    # The versions, then one verdict line per step, then the result.
+    for needle in ("torch ", "DALI 2.", "python 3.", "device: "):
+        assert needle in summary
+    verdicts = re.findall(r"^(PASS|FAIL|TIMEOUT)\s+(\w+)\s+\d+ s \(limit\s+\d+ s\)", summary, re.M)
+    assert verdicts == [("PASS", step) for step in STEPS], summary
+    assert re.search(r"^PASS\s+tests .*strict gpu run: 1 tests ran", summary, re.M), summary
+    assert re.search(r"^PASS\s+smoke .*mean \|diff\| 0\.000 grey levels", summary, re.M)
+    assert re.search(r"^RESULT: PASS", summary, re.M)
+    assert proc.stdout.strip().splitlines()[-1].startswith("RESULT: PASS")
+
+
+def test_a_failing_step_is_named_with_its_log_tail(tmp_path: Path) -> None:
+    """The tests step selecting a test that does not exist: FAIL, its log's tail, RESULT FAIL.
+    Steps left out by GPU_CHECK_ONLY are listed and keep the result from passing."""
+    out = tmp_path / "out"
+    proc = run_check(
+        out,
+        GPU_CHECK_STANDIN="1",
+        GPU_CHECK_TESTS="tests/test_gpu_check.py::no_such_test",
+        GPU_CHECK_ONLY="tests",
+    )
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 1, summary
+    assert re.search(r"^FAIL\s+tests ", summary, re.M), summary
+    assert "        | " in summary  # the log's tail, indented under the verdict
+    assert re.search(r"^SKIP\s+smoke\s.*not in GPU_CHECK_ONLY", summary, re.M)
+    assert re.search(r"^RESULT: FAIL \(tests; not run: smoke bench train\)", summary, re.M)
+
+
+# -- cuDNN's autotuner: on by default on CUDA, one flag turns it off -------------------------
+
+
+@pytest.fixture
+def restore_cudnn_flag():
+    before = torch.backends.cudnn.benchmark
+    yield
+    torch.backends.cudnn.benchmark = before
+
+
+def test_cudnn_benchmark_is_on_by_default_on_cuda_only(monkeypatch, restore_cudnn_flag) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_runtime(device="cuda", batch_size=4).cudnn_benchmark
+    assert not resolve_runtime(device="cuda", batch_size=4, cudnn_benchmark=False).cudnn_benchmark
+    assert not resolve_runtime(device="cpu", batch_size=4).cudnn_benchmark
+
+
+def test_cudnn_benchmark_is_applied_in_one_place(restore_cudnn_flag) -> None:
+    cuda_rt = Runtime(
+        device=torch.device("cuda"), amp=None, channels_last=False, loader="pillow",
+        loader_reason="", num_workers=0, batch_per_rank=4, cudnn_benchmark=True,
+    )  # fmt: skip
+    torch.backends.cudnn.benchmark = False
+    cuda_rt.apply_backend_flags()
+    assert torch.backends.cudnn.benchmark is True
+    # prepare_model applies it (every consumer of a model passes there); on the CPU: off.
+    cpu_rt = resolve_runtime(device="cpu", batch_size=4)
+    cpu_rt.prepare_model(torch.nn.Linear(2, 2))
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_no_cudnn_benchmark_flag() -> None:
+    assert parse_args([]).cudnn_benchmark is True
+    assert parse_args(["--no_cudnn_benchmark"]).cudnn_benchmark is False
+    assert "cudnn_benchmark" in SPEED_FLAGS  # a resume may change it
+    assert runtime.resolve_runtime.__kwdefaults__["cudnn_benchmark"] is True
+
+
+@pytest.mark.parametrize(("flags", "other"), [([], "off"), (["--no_cudnn_benchmark"], "on")])
+def test_bench_measures_train_synthetic_both_ways_on_cuda(flags, other) -> None:
+    args = throughput.build_parser().parse_args(["--device", "cpu", *flags])
+    rows = {row.name: row for row in throughput.row_plan(args, cuda=True)}
+    assert "train/synthetic" in rows and rows["train/synthetic"].cudnn_benchmark is None
+    extra = rows[f"train/synthetic-cudnn-{other}"]
+    assert extra.kind == "synthetic" and extra.train
+    assert extra.cudnn_benchmark is (other == "on")
+    # On the CPU the autotuner does not exist: no such row.
+    cpu_rows = [row.name for row in throughput.row_plan(args, cuda=False)]
+    assert not any("cudnn" in name for name in cpu_rows)
