@@ -90,6 +90,7 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
         num_workers=cfg.num_workers,
         batch_size=cfg.batch_size,
         channels_last=cfg.channels_last,
+        cudnn_benchmark=cfg.cudnn_benchmark,
         dist=dist,
     )
     cfg = as_run(cfg, rt)  # what args.json records: the values actually used
@@ -201,6 +202,7 @@ def as_run(cfg: TrainConfig, rt: Runtime) -> TrainConfig:
         num_workers=rt.num_workers,
         shuffle_window=cfg.shuffle_window or cfg.batch_size,
         channels_last=rt.channels_last,
+        cudnn_benchmark=rt.cudnn_benchmark,
         world_size=rt.dist.world_size,
     )
 
