@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,15 @@ class RunSummary:
     best_val_srcc: float | None
     best_val_plcc: float | None
     last_epoch: int | None = None
+    # The held-out sets best_model.pkl was scored on at the end of the run:
+    # "test" (--test_json) and the --eval_json sets, each {"epoch", "srcc",
+    # "plcc", "krcc", "num_images"}. Empty until the run has finished with them.
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def test(self) -> dict[str, Any] | None:
+        """The test block of metrics.json (scored at the best-val epoch), or None."""
+        return self.scores.get("test")
 
     @property
     def status(self) -> str:
@@ -63,6 +72,7 @@ class RunSummary:
 
     def row(self) -> dict[str, Any]:
         """One flat, JSON-ready row for tables (compare_runs)."""
+        test = self.test or {}
         return {
             "name": self.name,
             "path": str(self.path),
@@ -73,6 +83,10 @@ class RunSummary:
             "best_epoch": self.best_epoch,
             "best_val_srcc": self.best_val_srcc,
             "best_val_plcc": self.best_val_plcc,
+            "test_srcc": test.get("srcc"),
+            "test_plcc": test.get("plcc"),
+            "test_krcc": test.get("krcc"),
+            "test_images": test.get("num_images"),
             "last_epoch": self.last_epoch,
             "status": self.status,
         }
@@ -119,6 +133,23 @@ def _best_from_epochs(
         if srcc is not None and (best[1] is None or srcc > best[1]):
             best = (_as_int(record.get("epoch")), srcc, _as_float(record.get("val_plcc")))
     return best
+
+
+def _score_block(block: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "epoch": _as_int(block.get("epoch")),
+        **{key: _as_float(block.get(key)) for key in ("srcc", "plcc", "krcc")},
+        "num_images": _as_int(block.get("num_images")),
+    }
+
+
+def _scores(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """metrics.json's "test" block and its "eval" blocks, by set name (test first)."""
+    blocks = {"test": metrics.get("test")}
+    cross = metrics.get("eval")
+    if isinstance(cross, dict):
+        blocks |= {name: block for name, block in cross.items() if name != "test"}
+    return {name: _score_block(b) for name, b in blocks.items() if isinstance(b, dict)}
 
 
 def load_run(path: Path) -> RunSummary:
@@ -175,6 +206,7 @@ def load_run(path: Path) -> RunSummary:
         best_val_srcc=best_srcc,
         best_val_plcc=best_plcc,
         last_epoch=last_epoch,
+        scores=_scores(metrics),
     )
 
 

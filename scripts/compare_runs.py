@@ -1,5 +1,8 @@
 """One table of every run under a checkpoints folder, best val SRCC first.
 
+The test columns are best_model.pkl's score on --test_json at the end of the
+run (the epoch of the best val SRCC); "-" for runs trained without a test set.
+
 python scripts/compare_runs.py                 # ../checkpoints
 python scripts/compare_runs.py ../checkpoints --json
 """
@@ -28,9 +31,12 @@ COLUMNS = [
     ("best ep", "best_epoch"),
     ("val SRCC", "best_val_srcc"),
     ("val PLCC", "best_val_plcc"),
+    ("test SRCC", "test_srcc"),
+    ("test PLCC", "test_plcc"),
     ("last ep", "last_epoch"),
     ("status", "status"),
 ]
+CORRELATIONS = {"best_val_srcc", "best_val_plcc", "test_srcc", "test_plcc"}
 
 
 def sort_key(run: RunSummary) -> tuple[bool, float, str]:
@@ -42,7 +48,7 @@ def sort_key(run: RunSummary) -> tuple[bool, float, str]:
 def format_cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key in ("best_val_srcc", "best_val_plcc") and isinstance(value, float):
+    if key in CORRELATIONS and isinstance(value, float):
         return f"{value:.4f}"
     if key == "lr" and isinstance(value, int | float) and value > 0 and math.isfinite(value):
         return format_lr(value)  # 2e-5, as in the run-folder names
@@ -57,8 +63,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "epochs",
         "seed",
         "best_epoch",
-        "best_val_srcc",
-        "best_val_plcc",
+        *CORRELATIONS,
         "last_epoch",
     }
     cells = [[format_cell(key, row.get(key)) for _, key in COLUMNS] for row in rows]

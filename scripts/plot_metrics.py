@@ -3,8 +3,11 @@
     python scripts/plot_metrics.py ../checkpoints/lr2e-5_bs96_ep16_val0.1_seed0 -o curves.png
     python scripts/plot_metrics.py ../checkpoints/*seed* -o seeds.png     # overlaid
 
-Panels: train loss; SRCC (train solid, val dashed); val PLCC. Each run keeps
-one colour in every panel; the legend names runs by folder name.
+Panels: train loss; SRCC (train solid, val dashed, a star at the best val
+epoch); PLCC (val dashed). A run trained with --test_json also gets a diamond
+in the SRCC and PLCC panels: best_model.pkl's test score, drawn at the epoch
+it comes from. Each run keeps one colour in every panel; the legend names runs
+by folder name.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -33,6 +37,24 @@ def run_labels(runs: list[RunSummary]) -> list[str]:
     ]
 
 
+# The test score: a diamond, hollow so it never hides the val curve's best star below it.
+TEST_MARKER = {"marker": "D", "markersize": 8, "markerfacecolor": "none", "color": "black"}
+
+
+def draw_test(ax_srcc: Axes, ax_plcc: Axes, run: RunSummary, colour: str) -> bool:
+    """The run's test SRCC and PLCC at the epoch of best_model.pkl; False when it has none."""
+    test = run.test
+    if not test or test["epoch"] is None:
+        return False
+    marker = {**TEST_MARKER, "color": colour, "markeredgewidth": 2, "linestyle": "none"}
+    drawn = False
+    for ax, key in ((ax_srcc, "srcc"), (ax_plcc, "plcc")):
+        if test[key] is not None:
+            ax.plot([test["epoch"]], [test[key]], **marker)
+            drawn = True
+    return drawn
+
+
 def make_figure(runs: list[RunSummary]) -> Figure:
     # Figure + the Agg canvas directly (no pyplot): no global figure state and
     # no display backend needed on a headless training box.
@@ -41,7 +63,7 @@ def make_figure(runs: list[RunSummary]) -> Figure:
     ax_loss, ax_srcc, ax_plcc = fig.subplots(1, 3)
     colours = [f"C{i % 10}" for i in range(len(runs))]
     run_handles = []
-    any_val = False
+    any_val = any_test = False
 
     for run, label, colour in zip(runs, run_labels(runs), colours, strict=True):
         # Markers keep a run with a single epoch visible (a line needs two points).
@@ -59,11 +81,15 @@ def make_figure(runs: list[RunSummary]) -> Figure:
                 [run.best_epoch], [run.best_val_srcc], marker="*", markersize=12,
                 color=colour, markeredgecolor="black", linestyle="none",
             )  # fmt: skip
+        any_test = draw_test(ax_srcc, ax_plcc, run, colour) or any_test
         run_handles.append(Line2D([], [], color=colour, linewidth=2.5, label=label))
 
     ax_loss.set(title="Train loss (L1)", xlabel="epoch", ylabel="loss")
-    ax_srcc.set(title="SRCC (train solid, val dashed; ★ best)", xlabel="epoch", ylabel="SRCC")
-    ax_plcc.set(title="Val PLCC", xlabel="epoch", ylabel="PLCC")
+    test_note = ", ◇ test" if any_test else ""
+    ax_srcc.set(
+        title=f"SRCC (train solid, val dashed; ★ best{test_note})", xlabel="epoch", ylabel="SRCC"
+    )
+    ax_plcc.set(title=f"PLCC (val dashed{test_note})", xlabel="epoch", ylabel="PLCC")
     for ax in (ax_loss, ax_srcc, ax_plcc):
         ax.grid(True, alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -73,14 +99,15 @@ def make_figure(runs: list[RunSummary]) -> Figure:
             0.5, 0.5, "no validation metrics\n(val_split 0)", transform=ax_plcc.transAxes,
             ha="center", va="center", color="grey",
         )  # fmt: skip
-        ax_plcc.set(xticks=[], yticks=[])  # an empty axis would show meaningless ±0.04 ticks
-    ax_srcc.legend(
-        handles=[
-            Line2D([], [], color="black", linestyle="-", label="train"),
-            Line2D([], [], color="black", linestyle="--", label="val"),
-        ],
-        loc="lower right",
-    )
+        if not any_test:
+            ax_plcc.set(xticks=[], yticks=[])  # an empty axis would show meaningless ±0.04 ticks
+    kinds = [
+        Line2D([], [], color="black", linestyle="-", label="train"),
+        Line2D([], [], color="black", linestyle="--", label="val"),
+    ]
+    if any_test:
+        kinds.append(Line2D([], [], linestyle="none", label="test", **TEST_MARKER))
+    ax_srcc.legend(handles=kinds, loc="lower right")
     fig.legend(
         handles=run_handles, loc="outside lower center", ncol=min(len(runs), 3), frameon=False
     )

@@ -39,8 +39,10 @@ def make_run(
     resumable: bool = False,
     lr: float = 2e-5,
     seed: int = 0,
+    test: dict | None = None,
 ) -> Path:
-    """A run folder as the trainer writes it, with one epoch per val_srcc entry."""
+    """A run folder as the trainer writes it, with one epoch per val_srcc entry
+    (and ``test`` as metrics.json's test block, when given)."""
     run = root / name
     run.mkdir(parents=True)
     planned = planned if planned is not None else len(val_srcc)
@@ -63,6 +65,8 @@ def make_run(
     if completed is None:
         completed = len(val_srcc) >= planned
     metrics = {"epochs_planned": planned, "completed": completed, "best": best, "epochs": epochs}
+    if test is not None:
+        metrics["test"] = test
     (run / "metrics.json").write_text(json.dumps(metrics))
     (run / "train.log").write_text("log\n")
     if resumable:
@@ -111,6 +115,25 @@ def test_best_computed_when_metrics_lack_it(tmp_path: Path) -> None:
     assert run.epochs_planned == 3 and run.status == "finished"  # planned from args.json
 
 
+TEST_BLOCK = {"epoch": 2, "srcc": 0.87, "plcc": 0.89, "krcc": 0.7, "num_images": 20}
+
+
+def test_load_run_reads_the_test_and_eval_blocks(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, "a", [0.8, 0.9], test=TEST_BLOCK)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["eval"] = {"clive": {**TEST_BLOCK, "srcc": 0.6}, "bad": "not a block"}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    run = load_run(run_dir)
+    assert run.test == TEST_BLOCK and list(run.scores) == ["test", "clive"]
+    assert run.scores["clive"]["srcc"] == 0.6
+    row = run.row()
+    assert (row["test_srcc"], row["test_plcc"], row["test_krcc"], row["test_images"]) == (
+        0.87, 0.89, 0.7, 20,
+    )  # fmt: skip
+    plain = load_run(make_run(tmp_path, "b", [0.8]))
+    assert plain.test is None and plain.row()["test_srcc"] is None
+
+
 def test_not_a_run(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunFolderError, match=r"no metrics\.json"):
@@ -154,6 +177,26 @@ def test_plot_main_single_run(tmp_path: Path) -> None:
     out = tmp_path / "one.png"
     assert plot_metrics.main([str(run), "-o", str(out)]) == 0
     assert out.stat().st_size > 0
+
+
+def test_plot_marks_the_test_score_at_the_best_epoch(tmp_path: Path) -> None:
+    tested = load_run(make_run(tmp_path, "tested", [0.8, 0.9, 0.85], test=TEST_BLOCK))
+    plain = load_run(make_run(tmp_path, "plain", [0.7, 0.75]))
+    fig = plot_metrics.make_figure([tested, plain])
+    _, ax_srcc, ax_plcc = fig.axes
+
+    def diamonds(ax) -> list[tuple[float, float]]:
+        return [(line.get_xdata()[0], line.get_ydata()[0])
+                for line in ax.lines if line.get_marker() == "D"]  # fmt: skip
+
+    assert diamonds(ax_srcc) == [(2, 0.87)] and diamonds(ax_plcc) == [(2, 0.89)]
+    assert "test" in ax_srcc.get_title() and "test" in ax_plcc.get_title()
+    assert "test" in [text.get_text() for text in ax_srcc.get_legend().get_texts()]
+    # Without a test block nothing mentions one.
+    fig = plot_metrics.make_figure([plain])
+    assert "test" not in fig.axes[1].get_title()
+    out = tmp_path / "curves.png"
+    assert plot_metrics.main([str(tested.path), str(plain.path), "-o", str(out)]) == 0
 
 
 def test_plot_skips_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
@@ -201,6 +244,21 @@ def test_compare_orders_by_best_val_srcc(tmp_path: Path) -> None:
     assert "1e-4" in lines[2] and "0.9200" in lines[2] and "finished" in lines[2]
     assert "unfinished (2/16 epochs), resumable" in lines[4]
     assert "skipped scratch: no metrics.json" in proc.stderr
+
+
+def test_compare_shows_the_test_scores(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_run(tmp_path, "tested", [0.8, 0.9], test=TEST_BLOCK)
+    make_run(tmp_path, "untested", [0.95])
+    assert compare_runs.main([str(tmp_path)]) == 0
+    header, _, first, second = capsys.readouterr().out.splitlines()
+    assert header.split()[11:15] == ["test", "SRCC", "test", "PLCC"]
+    # Ordered by val SRCC, never by test: the untested run (val 0.95) comes first.
+    assert first.split()[0] == "untested" and first.split()[8:10] == ["-", "-"]
+    assert second.split()[8:10] == ["0.8700", "0.8900"]
+    assert compare_runs.main([str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[1]["test_srcc"] == 0.87 and rows[1]["test_krcc"] == 0.7
+    assert rows[1]["test_images"] == 20 and rows[0]["test_srcc"] is None
 
 
 def test_lr_spelled_like_run_folders() -> None:
