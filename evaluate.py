@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from hyperiqa.atomic import overwritten_input
-from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
+from hyperiqa.config import HelpFormatter, add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.evaluation import score_files
@@ -25,7 +25,7 @@ from hyperiqa.run_folder import write_json_atomic
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Evaluate a HyperIQA checkpoint on a labelled image set.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--test_json", required=True, help="metadata JSON: a list of {image, score}")
     p.add_argument("--dataset_root", default="../datasets/")
@@ -40,6 +40,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         args.checkpoint,
         [s.path for s in samples],
         echo=partial(print, file=sys.stderr),
+        progress=sys.stderr.isatty(),
         **scoring_options(args),
     )
     target = [s.score for s in samples]

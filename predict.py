@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from hyperiqa.check_data import find_problems, problems_message
-from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
+from hyperiqa.config import HelpFormatter, add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.evaluation import score_files
 
@@ -26,7 +26,7 @@ from hyperiqa.evaluation import score_files
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Score images with a HyperIQA checkpoint (higher = better quality).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to score")
     p.add_argument("--json", action="store_true", help='print a JSON list of {"image", "score"}')
@@ -41,7 +41,11 @@ def predict(args: argparse.Namespace) -> list[tuple[str, float]]:
     if problems:
         raise UserError(problems_message(problems, len(paths)))
     scores = score_files(
-        args.checkpoint, paths, echo=partial(print, file=sys.stderr), **scoring_options(args)
+        args.checkpoint,
+        paths,
+        echo=partial(print, file=sys.stderr),
+        progress=sys.stderr.isatty(),
+        **scoring_options(args),
     )
     return [(str(p), float(s)) for p, s in zip(args.images, scores, strict=True)]
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hyperiqa import tensorboard
 from hyperiqa.check_data import check_dataset
 from hyperiqa.config import SPEED_FLAGS, TrainConfig, format_resize, parse_args, run_path
 from hyperiqa.data import Sample, check_disjoint, load_samples, split_samples
@@ -53,6 +54,7 @@ from hyperiqa.run_folder import (
 from hyperiqa.run_log import run_logger
 from hyperiqa.runtime import Runtime, resolve_runtime
 from hyperiqa.stopping import EXIT_INTERRUPTED, Interrupted, StopSignals
+from hyperiqa.tensorboard import Board
 from hyperiqa.trainer import Split, Trainer, cpu_state_dict, format_epoch, is_better
 from pipelines.factory import make_loader
 from pipelines.patches import eval_plan, train_plan
@@ -94,6 +96,8 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
         dist=dist,
     )
     cfg = as_run(cfg, rt)  # what args.json records: the values actually used
+    if cfg.tensorboard:
+        tensorboard.require()
     notes += [f"device: {rt.device}", rt.loader_reason, distributed_note(cfg, dist)]
     sets = load_sets(cfg)
     data = describe_sets(cfg, sets)
@@ -119,8 +123,10 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
             prepare_folder(run, cfg, start, data, sets.get(VAL))
 
         echo = (tqdm.write if cfg.progress else print) if dist.is_main else (lambda _line: None)
+        board = Board(run.path) if cfg.tensorboard and dist.is_main else None
         with run_logger(run.file(LOG) if dist.is_main else None, echo=echo) as log:
             trainer = Trainer(cfg, model, splits[TRAIN], splits.get(VAL), rt, stop)
+            trainer.on_step = board.step if board else None
             history = History()
             if saved is not None:
                 trainer.restore(saved)
@@ -141,9 +147,11 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
                         row = trainer.run_epoch(epoch)
                         record_epoch(main_run, cfg, trainer, history, row)
                         log.info(format_epoch(row, cfg.epochs))
+                        if board:
+                            board.epoch(row)
                         if trainer.stop_agreed() and epoch < cfg.epochs:
                             raise Interrupted
-                    score_held_out(run, trainer, history, splits, log)
+                    score_held_out(run, trainer, history, splits, log, board)
             except Interrupted:
                 log.info(
                     f"stopped after epoch {history.epoch}; "
@@ -161,6 +169,8 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
             finally:
                 for split in splits.values():
                     split.loader.close()
+                if board:
+                    board.close()
             history.completed = True
             if main_run is not None:
                 run.write_json(METRICS, history.metrics_json(cfg.epochs))
@@ -386,6 +396,7 @@ def score_held_out(
     history: History,
     splits: dict[str, Split],
     log: logging.Logger,
+    board: Board | None,
 ) -> None:
     """Score best_model.pkl (read back from the folder, so a resumed run scores
     exactly what an uninterrupted one does) on the test and --eval_json sets."""
@@ -399,6 +410,8 @@ def score_held_out(
     for name, split in held_out.items():
         result = {"epoch": epoch, **trainer.score(split)}
         history.scores[name] = result
+        if board:
+            board.scores(name, result)
         log.info(
             f"{name} (best_model.pkl, epoch {epoch}): srcc {fmt(result['srcc'])}  "
             f"plcc {fmt(result['plcc'])}  krcc {fmt(result['krcc'])}  "

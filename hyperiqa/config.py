@@ -35,6 +35,7 @@ class TrainConfig:
     val_patch_num: int
     checkpoint_dir: str | None
     save_all_epochs: bool
+    tensorboard: bool
     loader: str
     device: str
     num_workers: int | None
@@ -173,10 +174,27 @@ def format_resize(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """--help shows a default where there is one worth reading: not for required
+    flags, switches or unset values, and a size as HxW (384x512, not (384, 512))."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.required
+            or default in (None, False, True, [], argparse.SUPPRESS)
+            or "default" in text
+        ):
+            return text
+        shown = format_resize(default) if isinstance(default, tuple) else default
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train HyperIQA (Su et al., CVPR 2020) on an IQA dataset such as KonIQ-10k.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         # No abbreviations: --epoch silently meaning --epochs helps nobody
         # reading a command line later.
         allow_abbrev=False,
@@ -293,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--save_all_epochs", action="store_true", help="also keep epoch_N.pkl")
     run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="log loss, learning rates and metrics for TensorBoard under RUN/tensorboard/ "
+        "(needs: pip install tensorboard)",
+    )
+    run.add_argument(
         "--overwrite",
         action="store_true",
         help="replace a run already in the folder (once this run has started cleanly)",
@@ -395,6 +419,7 @@ SPEED_FLAGS = frozenset(
         "skip_check",
         "num_workers",
         "save_all_epochs",
+        "tensorboard",
         "checkpoint_dir",
         "dali_threads",
         "dali_prefetch",
@@ -406,7 +431,7 @@ SPEED_FLAGS = frozenset(
 
 def check_patch_fits(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
     """Crops are cut from the resized image, so --patch_size must fit in --resize."""
-    if ns.patch_size > min(ns.resize):
+    if ns.resize and ns.patch_size > min(ns.resize):
         parser.error(
             f"argument --patch_size: {ns.patch_size} does not fit in --resize "
             f"{format_resize(ns.resize)}"
@@ -441,11 +466,24 @@ def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
     """The flags evaluate.py and predict.py share: checkpoint, crops, hardware."""
     p = parser
     p.add_argument("--checkpoint", required=True, help="HyperNet state_dict (best_model.pkl)")
-    p.add_argument("--patch_num", type=positive_int, default=25, help="crops averaged per image")
+    p.add_argument(
+        "--patch_num",
+        type=positive_int,
+        default=None,
+        help="crops averaged per image (default: the run's val_patch_num from the args.json "
+        "beside the checkpoint, else 25)",
+    )
     p.add_argument(
         "--patch_size", type=patch_size_type, default=224, help="the architecture needs 224"
     )
-    p.add_argument("--resize", type=resize_type, default=(384, 512), help="HxW, as in training")
+    p.add_argument(
+        "--resize",
+        type=resize_type,
+        default=None,
+        metavar="HxW",
+        help="size images are resized to (default: the run's, from the args.json beside the "
+        "checkpoint, else 384x512)",
+    )
     p.add_argument("--batch_size", type=positive_int, default=96, help="patches per forward pass")
     p.add_argument("--loader", choices=["auto", "pillow", "dali"], default="auto")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")

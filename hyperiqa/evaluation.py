@@ -1,28 +1,40 @@
 """Scoring images with a model: load a checkpoint, predict patches, average per image.
 
-Validation during training, evaluate.py and predict.py all go through
-``predict_images`` so an image's score means the same thing everywhere: the
-mean over its planned patches (the original demo's protocol), cut at the
-fixed evaluation crops of :func:`pipelines.patches.eval_plan`.
+Validation during training, evaluate.py, predict.py and the ``Scorer`` API all
+score an image the same way: the mean prediction over its patches, cut at the
+fixed evaluation crops of :func:`pipelines.patches.eval_plan` (the same
+positions for every image), so a score depends on the image alone.
+
+When ``args.json`` of a run sits beside the checkpoint, the run's resize and
+crop count are the defaults: a model is scored as it was validated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
+from tqdm import tqdm
 
+from hyperiqa.config import format_resize
 from hyperiqa.errors import UserError
 from hyperiqa.metrics import per_image_mean
 from hyperiqa.model import HyperNet, ModelLoadError, load_hypernet
 from hyperiqa.runtime import Runtime, resolve_runtime
 from pipelines.factory import make_loader
-from pipelines.loader import PatchLoader
+from pipelines.images import check_image, load_rgb, resize_rgb
+from pipelines.loader import PatchLoader, normalize_uint8
 from pipelines.patches import EVAL_SEED, PatchPlan, eval_plan
+from pipelines.pillow import cut_patches
 
 EVAL_WINDOW = 32  # images decoded together; crops do not depend on it
+DEFAULT_RESIZE = (384, 512)
+DEFAULT_PATCH_NUM = 25
+PATCH_SIZE = 224
 
 
 def load_checkpoint(path: str | Path, rt: Runtime) -> HyperNet:
@@ -34,20 +46,66 @@ def load_checkpoint(path: str | Path, rt: Runtime) -> HyperNet:
     return rt.prepare_model(model).eval()
 
 
+def crop_settings(
+    checkpoint: str | Path,
+    resize: tuple[int, int] | None = None,
+    patch_num: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> tuple[tuple[int, int], int]:
+    """(resize, patch_num) to score with: the ones asked for, else those of the
+    run whose args.json sits beside the checkpoint, else the defaults. A value
+    asked for that differs from the run's is said, not silently used."""
+    run = _run_args(Path(checkpoint).parent / "args.json")
+    run_resize = tuple(int(v) for v in run["resize"].split("x")) if "resize" in run else None
+    run_patches = run.get("val_patch_num")
+    for name, asked, trained in [
+        ("resize", resize, run_resize),
+        ("patch_num", patch_num, run_patches),
+    ]:
+        if asked is not None and trained is not None and asked != trained:
+            shown = format_resize if name == "resize" else str
+            echo(
+                f"note: --{name} {shown(asked)} differs from the {shown(trained)} the run "
+                f"was validated with (args.json beside the checkpoint)"
+            )
+    resize = resize or run_resize or DEFAULT_RESIZE
+    patch_num = patch_num or run_patches or DEFAULT_PATCH_NUM
+    if run and (resize, patch_num) == (run_resize, run_patches):
+        echo(f"crops: {patch_num} per image at {format_resize(resize)}, as the run validated")
+    return resize, patch_num
+
+
+def _run_args(path: Path) -> dict:
+    try:
+        args = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # no run beside the checkpoint (or not one we can read): the defaults
+    return args if isinstance(args, dict) else {}
+
+
 @torch.inference_mode()
 def predict_patches(
-    model: torch.nn.Module, loader: PatchLoader, plan: PatchPlan, rt: Runtime
+    model: torch.nn.Module,
+    loader: PatchLoader,
+    plan: PatchPlan,
+    rt: Runtime,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(prediction, image index) of every patch of ``plan``, in eval mode, on the host."""
     was_training = model.training
     model.eval()
     preds, idx = [], []
+    bar = tqdm(
+        total=plan.num_patches, desc="scoring", unit="patch", leave=False, disable=not progress
+    )
     try:
-        for batch in loader.batches(plan):
-            with rt.autocast():
-                pred = model(rt.prepare_input(batch.images))
-            preds.append(pred.float())
-            idx.append(batch.image_idx)
+        with bar:
+            for batch in loader.batches(plan):
+                with rt.autocast():
+                    pred = model(rt.prepare_input(batch.images))
+                preds.append(pred.float())
+                idx.append(batch.image_idx)
+                bar.update(batch.images.shape[0])
     finally:
         model.train(was_training)
     if not preds:  # an empty shard of a distributed run
@@ -56,23 +114,16 @@ def predict_patches(
     return torch.cat(preds).cpu().numpy().astype(np.float64), torch.cat(idx).cpu().numpy()
 
 
-def predict_images(
-    model: torch.nn.Module, loader: PatchLoader, plan: PatchPlan, num_images: int, rt: Runtime
-) -> np.ndarray:
-    """Per-image scores (mean over each image's patches), indexed like the loader's images."""
-    pred, image_idx = predict_patches(model, loader, plan, rt)
-    return per_image_mean(pred, image_idx, num_images)
-
-
 def score_images(
     model: torch.nn.Module,
     paths: Sequence[Path],
     rt: Runtime,
     *,
-    resize: tuple[int, int] = (384, 512),
-    patch_num: int = 25,
-    patch_size: int = 224,
+    resize: tuple[int, int] = DEFAULT_RESIZE,
+    patch_num: int = DEFAULT_PATCH_NUM,
+    patch_size: int = PATCH_SIZE,
     seed: int = EVAL_SEED,
+    progress: bool = False,
 ) -> np.ndarray:
     """One score per image file: the mean prediction over ``patch_num`` fixed crops."""
     loader = make_loader(rt.loader, paths, rt.loader_settings(resize))
@@ -85,7 +136,8 @@ def score_images(
         window=EVAL_WINDOW,
     )
     try:
-        return predict_images(model, loader, plan, len(paths), rt)
+        pred, image_idx = predict_patches(model, loader, plan, rt, progress)
+        return per_image_mean(pred, image_idx, len(paths))
     finally:
         loader.close()
 
@@ -98,10 +150,11 @@ def score_files(
     loader: str = "auto",
     num_workers: int = 0,
     batch_size: int = 96,
-    resize: tuple[int, int] = (384, 512),
-    patch_num: int = 25,
-    patch_size: int = 224,
+    resize: tuple[int, int] | None = None,
+    patch_num: int | None = None,
+    patch_size: int = PATCH_SIZE,
     echo: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> np.ndarray:
     """Load ``checkpoint`` and score image files, deciding the runtime as train.py does."""
     rt = resolve_runtime(
@@ -109,4 +162,96 @@ def score_files(
     )
     model = load_checkpoint(checkpoint, rt)
     echo(rt.loader_reason)
-    return score_images(model, paths, rt, resize=resize, patch_num=patch_num, patch_size=patch_size)
+    resize, patch_num = crop_settings(checkpoint, resize, patch_num, echo)
+    return score_images(
+        model,
+        paths,
+        rt,
+        resize=resize,
+        patch_num=patch_num,
+        patch_size=patch_size,
+        progress=progress,
+    )
+
+
+class Scorer:
+    """Score images with a HyperIQA checkpoint, from Python.
+
+        from hyperiqa import Scorer
+        scorer = Scorer("../checkpoints/RUN/best_model.pkl")   # or koniq_pretrained.pkl
+        scores = scorer.score(["a.jpg", Image.open("b.png"), tensor])
+
+    Images are file paths, PIL images, uint8 or float tensors ``[3, H, W]``
+    (RGB, 0-255 or 0-1) or numpy arrays ``[H, W, 3]`` (uint8). Each is resized
+    to ``resize`` and scored as the mean over ``patch_num`` fixed crops, exactly
+    as predict.py scores files with the Pillow loader: the same picture gets the
+    same score. A bad input raises ``hyperiqa.UserError`` naming it.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        *,
+        device: str = "auto",
+        resize: tuple[int, int] | None = None,
+        patch_num: int | None = None,
+        batch_size: int = 96,
+    ) -> None:
+        self.rt = resolve_runtime(
+            device=device, loader="pillow", num_workers=0, batch_size=batch_size
+        )
+        self.model = load_checkpoint(checkpoint, self.rt)
+        self.resize, self.patch_num = crop_settings(
+            checkpoint, resize, patch_num, echo=lambda _: None
+        )
+        # The fixed crops: one set of positions, shared by every image.
+        self.plan = eval_plan(
+            1, patches_per_image=self.patch_num, patch_size=PATCH_SIZE, resize=self.resize, window=1
+        )
+
+    def score(self, images: Iterable[object]) -> np.ndarray:
+        """One score per image (higher = better quality)."""
+        patches = [self._patches(image, i) for i, image in enumerate(images)]
+        if not patches:
+            return np.zeros(0)
+        batches = torch.from_numpy(np.concatenate(patches)).split(self.rt.batch_per_rank)
+        preds = []
+        with torch.inference_mode():
+            for x in batches:
+                x = normalize_uint8(x.to(self.rt.device), self.rt.input_dtype)
+                with self.rt.autocast():
+                    preds.append(self.model(self.rt.prepare_input(x)).float().cpu())
+        pred = torch.cat(preds).numpy().astype(np.float64)
+        image_idx = np.repeat(np.arange(len(patches)), self.patch_num)
+        return per_image_mean(pred, image_idx, len(patches))
+
+    def _patches(self, image: object, i: int) -> np.ndarray:
+        plan = self.plan
+        resized = resize_rgb(_as_rgb(image, i), self.resize)
+        return cut_patches(resized, plan.tops[0], plan.lefts[0], plan.flips[0], PATCH_SIZE)
+
+
+def _as_rgb(image: object, i: int) -> Image.Image:
+    """An upright RGB PIL image from any input the Scorer takes; UserError names the bad one."""
+    if isinstance(image, str | Path):
+        reason = check_image(image)
+        if reason:
+            raise UserError(f"image {image}: {reason}")
+        return load_rgb(image)
+    if isinstance(image, Image.Image):
+        return ImageOps.exif_transpose(image).convert("RGB")
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise UserError(f"image {i}: expected a [3, H, W] tensor, got {list(image.shape)}")
+        if image.is_floating_point():
+            image = (image.clamp(0, 1) * 255).round()
+        image = image.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise UserError(
+                f"image {i}: expected a uint8 [H, W, 3] array, got {image.dtype} {list(image.shape)}"
+            )
+        return Image.fromarray(image, "RGB")
+    raise UserError(
+        f"image {i}: a path, PIL image, tensor or array was expected, got {type(image).__name__}"
+    )

@@ -340,12 +340,14 @@ def _read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
         # weights_only=True refuses arbitrary pickled objects (safer); torch's own
         # message is long and suggests weights_only=False, so name the cause instead.
         found = re.search(r"GLOBAL (\S+)", str(e))
-        cause = (
-            f"it contains a pickled {found.group(1)}" if found else "corrupt or not a torch file"
-        )
+        if found:
+            raise ModelLoadError(
+                f"{what} {path} could not be read as plain tensors (it contains a pickled "
+                f"{found.group(1)}); it must be a state_dict saved with "
+                "torch.save(model.state_dict(), ...)"
+            ) from None
         raise ModelLoadError(
-            f"{what} {path} could not be read as plain tensors ({cause}); "
-            "it must be a state_dict saved with torch.save(model.state_dict(), ...)"
+            f"{what} {path} is not a PyTorch file (a state_dict saved with torch.save)"
         ) from None
     except (KeyError, EOFError, ValueError):
         # torch's legacy reader trips over the first bytes of a text or other file.

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ ARGS = "args.json"
 DATA = "data.json"
 VAL_IMAGES = "val_images.json"
 LOG = "train.log"
+BOARD = "tensorboard"  # --tensorboard's folder
 METRICS = "metrics.json"
 BEST = "best_model.pkl"
 RESUME = "resume_state.pt"
@@ -171,6 +173,12 @@ class RunFolder:
     def clear_previous_run(self) -> None:
         """Remove an earlier run's files; called only once a new run has started cleanly."""
         self._remove_where(lambda name: _is_run_file(name) or _is_temp_of_run_file(name))
+        try:  # --tensorboard's event files: a new run must not draw over the old curves
+            shutil.rmtree(self.file(BOARD))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise WriteError(f"cannot clean up {self.file(BOARD)}: {e.strerror or e}") from None
 
     def remove_stale_temps(self) -> None:
         """Remove half-written temp files: a kill mid-write skips their cleanup."""

@@ -121,6 +121,9 @@ class Trainer:
     ) -> None:
         self.cfg, self.model, self.train, self.val, self.rt = cfg, model, train, val, rt
         self.stop = stop
+        # Called every PROGRESS_EVERY steps with (global step, loss, backbone lr,
+        # hypernet lr): TensorBoard's per-step curve.
+        self.on_step: Callable[[int, float, float, float], None] | None = None
         self.dist = rt.dist
         # DDP averages gradients over ranks during backward; ``self.model`` stays
         # the plain module for evaluation and for state_dicts without "module.".
@@ -198,6 +201,8 @@ class Trainer:
         full_plan = self.train.plan(epoch)
         plan = full_plan.shard(dist.rank, dist.world_size)
         safe_steps = self._safe_steps(full_plan)
+        rates = learning_rates(epoch, cfg.lr, cfg.lr_ratio)
+        first_step = (epoch - 1) * math.ceil(plan.num_patches / self.rt.batch_per_rank)
         net.train()
         loss_sum = torch.zeros((), device=self.rt.device)
         preds, image_idx = [], []
@@ -224,8 +229,11 @@ class Trainer:
                 image_idx.append(batch.image_idx)
                 seen += n
                 bar.update(n)
-                if step % PROGRESS_EVERY == 0 and not bar.disable:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")  # the only per-step sync
+                if step % PROGRESS_EVERY == 0 and (self.on_step or not bar.disable):
+                    value = loss.item()  # the only per-step sync
+                    bar.set_postfix(loss=f"{value:.3f}")
+                    if self.on_step:
+                        self.on_step(first_step + step, value, rates.backbone, rates.hypernet)
         train_seconds = time.perf_counter() - start
 
         # One device-to-host copy per epoch; with torchrun, every rank gets all ranks' patches.
@@ -238,7 +246,6 @@ class Trainer:
         )
         loss_total, seen = totals.sum(axis=0)
         seen = int(seen)
-        rates = learning_rates(epoch, cfg.lr, cfg.lr_ratio)
         return {
             "epoch": epoch,
             "train_loss": float(loss_total / max(seen, 1)),
@@ -257,7 +264,8 @@ class Trainer:
         needed); the per-image means are taken over all ranks' patches.
         """
         plan = split.plan(0).shard(self.dist.rank, self.dist.world_size)
-        patch_pred, image_idx = predict_patches(self.model, split.loader, plan, self.rt)
+        progress = self.cfg.progress and self.dist.is_main
+        patch_pred, image_idx = predict_patches(self.model, split.loader, plan, self.rt, progress)
         patch_pred, image_idx = gather_arrays(self.dist, patch_pred, image_idx)
         return per_image_mean(patch_pred, image_idx, split.num_images)
 

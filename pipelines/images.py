@@ -92,13 +92,17 @@ def load_rgb(path: str | Path) -> Image.Image:
         return img
 
 
-def load_resized(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """Decode, convert to RGB and resize the whole image to ``size`` = (H, W): uint8 [H, W, 3]."""
+def resize_rgb(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB image to ``size`` = (H, W) (Pillow's antialiased bilinear): uint8 [H, W, 3]."""
     height, width = size
-    img = load_rgb(path)
     if img.size != (width, height):
         img = img.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(img)
+
+
+def load_resized(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """Decode, convert to RGB and resize the whole image to ``size`` = (H, W): uint8 [H, W, 3]."""
+    return resize_rgb(load_rgb(path), size)
 
 
 def ignore_interrupt(_worker_id: int = 0) -> None:

@@ -1,0 +1,131 @@
+"""The Python API (hyperiqa.Scorer) and the crop settings a run's args.json supplies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import hyperiqa
+import predict
+from hyperiqa.evaluation import crop_settings
+from hyperiqa.model import HyperNet
+from tests.conftest import ROOT, make_dataset, read_json
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    path = folder / "model.pkl"
+    torch.save(HyperNet().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("imgs")
+    make_dataset(root, 3, size=(240, 256))
+    return [root / e["image"] for e in read_json(root / "demo.json")]
+
+
+def test_paths_pil_images_and_tensors_of_one_picture_score_alike(
+    checkpoint: Path, images: list[Path]
+) -> None:
+    scorer = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=3)
+    pil = Image.open(images[0])
+    array = np.array(pil.convert("RGB"))
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    scores = scorer.score([images[0], pil, tensor, tensor.float() / 255, array, str(images[1])])
+    assert scores.shape == (6,)
+    assert np.allclose(scores[:5], scores[0], atol=1e-6)
+    assert scores[5] != scores[0]
+    assert np.array_equal(scorer.score(images[:2]), scorer.score(images[:2]))  # deterministic
+
+
+def test_the_api_gives_predict_py_s_scores(
+    checkpoint: Path, images: list[Path], capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["--checkpoint", str(checkpoint), "--device", "cpu", "--loader", "pillow",
+            "--resize", "240x256", "--patch_num", "3", "--json", *map(str, images)]  # fmt: skip
+    assert predict.main(argv) == 0
+    cli = [row["score"] for row in json.loads(capsys.readouterr().out)]
+    api = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=3).score(images)
+    assert np.allclose(api, cli, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("missing.jpg", "image missing.jpg: file not found"),
+        (torch.zeros(4, 8, 8), "image 0: expected a [3, H, W] tensor, got [4, 8, 8]"),
+        (np.zeros((8, 8), np.uint8), "image 0: expected a uint8 [H, W, 3] array"),
+        (42, "image 0: a path, PIL image, tensor or array was expected, got int"),
+    ],
+)
+def test_a_bad_image_raises_one_clear_error(checkpoint: Path, bad: object, message: str) -> None:
+    scorer = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=1)
+    with pytest.raises(hyperiqa.UserError) as exc:
+        scorer.score([bad])
+    assert message in str(exc.value)
+
+
+def test_a_wrong_checkpoint_raises_one_clear_error(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model")
+    with pytest.raises(hyperiqa.UserError, match="is not a PyTorch file"):
+        hyperiqa.Scorer(text, device="cpu")
+    with pytest.raises(hyperiqa.UserError, match="checkpoint not found"):
+        hyperiqa.Scorer(tmp_path / "gone.pkl", device="cpu")
+    torch.save({"res.conv1.weight": torch.zeros(1)}, tmp_path / "other.pkl")
+    with pytest.raises(hyperiqa.UserError, match="does not match HyperNet"):
+        hyperiqa.Scorer(tmp_path / "other.pkl", device="cpu")
+
+
+def test_a_run_s_args_json_supplies_its_crops(checkpoint: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(checkpoint, run / "best_model.pkl")
+    (run / "args.json").write_text(json.dumps({"resize": "256x320", "val_patch_num": 4}))
+    notes: list[str] = []
+    assert crop_settings(run / "best_model.pkl", echo=notes.append) == ((256, 320), 4)
+    assert "as the run validated" in notes[0]
+    notes.clear()
+    assert crop_settings(run / "best_model.pkl", (384, 512), None, notes.append) == ((384, 512), 4)
+    assert "--resize 384x512 differs from the 256x320 the run was validated with" in notes[0]
+    assert crop_settings(checkpoint, echo=notes.append) == ((384, 512), 25)  # no run: defaults
+
+
+def test_import_hyperiqa_stays_light() -> None:
+    code = (
+        "import sys, hyperiqa, hyperiqa.atomic, hyperiqa.run_summary; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_pip_install_gives_an_importable_library(tmp_path: Path) -> None:
+    """`pip install .` installs hyperiqa and pipelines, usable from any folder."""
+    target = tmp_path / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (target / "hyperiqa" / "evaluation.py").is_file()
+    assert (target / "pipelines" / "loader.py").is_file()
+    assert not (target / "tests").exists() and not (target / "bench").exists()
+    code = "import hyperiqa, pipelines.loader; print(hyperiqa.__file__, hyperiqa.Scorer.__name__)"
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(str(target / "hyperiqa")) and "Scorer" in out.stdout
