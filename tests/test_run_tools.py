@@ -106,7 +106,7 @@ def test_no_val_metrics(tmp_path: Path) -> None:
 
 
 def test_best_computed_when_metrics_lack_it(tmp_path: Path) -> None:
-    # DESIGN.md's minimal metrics.json has only "epochs".
+    # The minimal metrics.json the format allows has only "epochs".
     run_dir = make_run(tmp_path, "a", [0.7, 0.95, 0.9])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     (run_dir / "metrics.json").write_text(json.dumps({"epochs": metrics["epochs"]}))
