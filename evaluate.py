@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from hyperiqa.arg_types import HelpFormatter
 from hyperiqa.atomic import overwritten_input
-from hyperiqa.config import HelpFormatter, add_scoring_flags, parse_scoring_args, scoring_options
+from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.evaluation import score_files

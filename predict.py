@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from hyperiqa.arg_types import HelpFormatter
 from hyperiqa.check_data import find_problems, problems_message
-from hyperiqa.config import HelpFormatter, add_scoring_flags, parse_scoring_args, scoring_options
+from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.evaluation import score_files
 

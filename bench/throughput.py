@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperiqa.config import non_negative_int, positive_int, resize_type
+from hyperiqa.arg_types import non_negative_int, positive_int, resize_type
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.run_folder import write_json_atomic

@@ -11,6 +11,22 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hyperiqa.arg_types import (
+    HelpFormatter,
+    format_resize,
+    fraction,
+    named,
+    named_type,
+    non_negative_float,
+    non_negative_int,
+    patch_size_type,
+    positive_float,
+    positive_int,
+    resize_type,
+    seed_type,
+    unit_interval,
+)
+
 DEFAULT_CHECKPOINTS = Path("../checkpoints")
 DEFAULT_VAL_SPLIT = 0.1
 
@@ -74,121 +90,6 @@ class TrainConfig:
             name, path = named(text)
             sets[name] = (path, roots.get(name, self.dataset_root))
         return sets
-
-
-# -- argparse value types: each raises ArgumentTypeError, which argparse turns
-#    into "argument --flag: message" and exit code 2.
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A value in [0, 1): the share of images held out for validation."""
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-MAX_SIDE = 4096  # a resized side; far above any IQA training size, and 96 such images fit memory
-MAX_SEED = 2**64 - 1  # torch.manual_seed's range
-
-
-def seed_type(text: str) -> int:
-    value = non_negative_int(text)
-    if value > MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be at most 2**64 - 1, got {text[:30]}")
-    return value
-
-
-def patch_size_type(text: str) -> int:
-    """The architecture's LDA branches assume 224x224 patches (7x7 pooling of 56/28/14/7 maps)."""
-    value = positive_int(text)
-    if value != 224:
-        raise argparse.ArgumentTypeError(f"HyperIQA's architecture needs 224, got {value}")
-    return value
-
-
-def resize_type(text: str) -> tuple[int, int]:
-    """``HxW``, e.g. ``384x512`` (height first)."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"expected HxW such as 384x512, got {text!r}")
-    height, width = (int(p) for p in parts)
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text!r}")
-    if max(height, width) > MAX_SIDE:
-        raise argparse.ArgumentTypeError(f"sides must be at most {MAX_SIDE}, got {text!r}")
-    return height, width
-
-
-def named(text: str) -> tuple[str, str]:
-    """``NAME=VALUE`` -> (name, value); NAME is a short word that names a set in metrics.json."""
-    name, sep, value = text.partition("=")
-    if not sep or not value or not name.isidentifier():
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=PATH such as clive=clive_test.json, got {text!r}"
-        )
-    return name, value
-
-
-def named_type(text: str) -> str:
-    named(text)
-    return text
-
-
-def format_resize(size: tuple[int, int]) -> str:
-    return f"{size[0]}x{size[1]}"
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """--help shows a default where there is one worth reading: not for required
-    flags, switches or unset values, and a size as HxW (384x512, not (384, 512))."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if (
-            action.required
-            or default in (None, False, True, [], argparse.SUPPRESS)
-            or "default" in text
-        ):
-            return text
-        shown = format_resize(default) if isinstance(default, tuple) else default
-        return f"{text} (default: {shown})" if text else f"default: {shown}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from hyperiqa.config import format_resize
+from hyperiqa.arg_types import format_resize
 from hyperiqa.errors import UserError
 from hyperiqa.metrics import per_image_mean
 from hyperiqa.model import HyperNet, ModelLoadError, load_hypernet

@@ -37,8 +37,8 @@ import numpy as np
 import scipy.fft as sfft
 from PIL import Image, ImageFilter
 
+from hyperiqa.arg_types import non_negative_int, positive_int, resize_type
 from hyperiqa.atomic import write_bytes_atomic
-from hyperiqa.config import non_negative_int, positive_int, resize_type
 
 __all__ = [
     "DEMO_JSON_NAME",

@@ -113,10 +113,18 @@ def test_import_hyperiqa_stays_light() -> None:
 
 def test_pip_install_gives_an_importable_library(tmp_path: Path) -> None:
     """`pip install .` installs hyperiqa and pipelines, usable from any folder."""
+    # From a copy: a build writes build/ and *.egg-info next to pyproject.toml.
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", source)
+    for package in ("hyperiqa", "pipelines"):
+        shutil.copytree(
+            ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     target = tmp_path / "site"
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(ROOT)],
+         "--target", str(target), str(source)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
