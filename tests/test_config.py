@@ -209,7 +209,7 @@ def test_demo_applies_demo_defaults() -> None:
     for key, value in DEMO_DEFAULTS.items():
         assert getattr(cfg, key) == value, key
     assert run_name(cfg).startswith("demo_")
-    assert run_name(cfg) == "demo_lr1e-4_bs16_ep6_val0.25_seed42"
+    assert run_name(cfg) == "demo_lr1e-4_bs16_ep6_val0.333_seed42"
 
 
 @pytest.mark.parametrize(
