@@ -22,8 +22,9 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# A gpu-marked test that skips (no CUDA, no DALI) counts as a failure here.
 test-gpu: $(STAMP)
-	$(PY) -m pytest -q -m gpu
+	HYPERIQA_GPU_STRICT=1 $(PY) -m pytest -q -m gpu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

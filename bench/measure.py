@@ -221,7 +221,7 @@ def _measure_row(
     measured = None
     # Workers read ahead; over whole windows (and at least two) the read-ahead
     # at the start and at the end cancel out. Fewer batches: state the construction.
-    if file_bytes is not None and decodes > 0 and batches >= 2 * period:
+    if file_bytes is not None and decodes > 0 and batches >= 2 * window_batches:
         measured = round(file_bytes / setup.mean_file_bytes / images, 2)
     result.update(
         {

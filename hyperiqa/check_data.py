@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
+from hyperiqa.run_log import bars_off
 from pipelines.images import check_image, ignore_interrupt
 
 
@@ -37,7 +38,7 @@ def find_problems(
                     pool.map(check_image, paths, chunksize=16),
                     total=len(paths),
                     desc="checking images",
-                    disable=not progress,
+                    disable=bars_off(progress),
                     leave=False,
                 )
             )
@@ -45,7 +46,7 @@ def find_problems(
             # After Ctrl-C, drop the queued checks rather than wait for all of them.
             pool.shutdown(cancel_futures=True)
     else:
-        it = tqdm(paths, desc="checking images", disable=not progress, leave=False)
+        it = tqdm(paths, desc="checking images", disable=bars_off(progress), leave=False)
         reasons = [check_image(p) for p in it]
     return [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
 

@@ -24,6 +24,7 @@ from hyperiqa.arg_types import format_resize
 from hyperiqa.errors import UserError
 from hyperiqa.metrics import per_image_mean
 from hyperiqa.model import HyperNet, ModelLoadError, load_hypernet
+from hyperiqa.run_log import bars_off
 from hyperiqa.runtime import Runtime, resolve_runtime
 from pipelines.factory import make_loader
 from pipelines.images import check_image, load_rgb, resize_rgb
@@ -96,7 +97,11 @@ def predict_patches(
     model.eval()
     preds, idx = [], []
     bar = tqdm(
-        total=plan.num_patches, desc="scoring", unit="patch", leave=False, disable=not progress
+        total=plan.num_patches,
+        desc="scoring",
+        unit="patch",
+        leave=False,
+        disable=bars_off(progress),
     )
     try:
         with bar:

@@ -1,4 +1,5 @@
-"""train.log: timestamped lines, written to the run folder and echoed to the console."""
+"""train.log: timestamped lines, written to the run folder and echoed to the console;
+and when progress bars show."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hyperiqa.run_folder import WriteError
+
+
+def bars_off(wanted: bool) -> bool | None:
+    """tqdm's ``disable`` for a progress bar: off when not wanted, and None (off
+    unless stderr is a terminal) otherwise, so a log file gets lines, not bars."""
+    return None if wanted else True
+
 
 _logger_ids = itertools.count()  # one logger per run_logger block, never shared
 

@@ -28,6 +28,7 @@ from hyperiqa.evaluation import predict_patches
 from hyperiqa.metrics import format_metric as fmt
 from hyperiqa.metrics import krcc, per_image_mean, plcc, srcc
 from hyperiqa.model import HyperNet, param_groups
+from hyperiqa.run_log import bars_off
 from hyperiqa.runtime import Runtime
 from hyperiqa.schedule import learning_rates
 from hyperiqa.stopping import Interrupted, StopSignals
@@ -212,7 +213,7 @@ class Trainer:
             total=plan.num_patches,
             desc=f"epoch {epoch}/{cfg.epochs}",
             unit="patch",
-            disable=not (cfg.progress and dist.is_main),
+            disable=bars_off(cfg.progress and dist.is_main),
             leave=False,
             dynamic_ncols=True,
         )
