@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,26 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     make_dataset(root, 6)
     return root
+
+
+def dataset_fixtures(num_images: int) -> tuple:
+    """(good, data) fixtures for a test module: a demo-style dataset made once per
+    module, and a fresh copy of it per test that the test may break.
+
+        good, data = dataset_fixtures(4)
+    """
+
+    @pytest.fixture(scope="module")
+    def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        root = tmp_path_factory.mktemp("good")
+        make_dataset(root, num_images)
+        return root
+
+    @pytest.fixture
+    def data(good: Path, tmp_path: Path) -> Path:
+        return Path(shutil.copytree(good, tmp_path / "data"))
+
+    return good, data
 
 
 def tiny_train_args(data: Path, run_dir: Path, *extra: str) -> list[str]:

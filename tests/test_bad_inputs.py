@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from tests.conftest import (
     FINISHED_FILES,
     ROOT,
     assert_clean_error,
-    make_dataset,
+    dataset_fixtures,
     read_json,
     run_cli,
 )
@@ -52,17 +51,7 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("good")
-    make_dataset(root, 4)
-    return root
-
-
-@pytest.fixture
-def data(good: Path, tmp_path: Path) -> Path:
-    """A copy of the good dataset that a test may break."""
-    return Path(shutil.copytree(good, tmp_path / "data"))
+good, data = dataset_fixtures(4)
 
 
 def tiny_args(data: Path, run: Path, *extra: str) -> list[str]:

@@ -126,23 +126,27 @@ def test_missing_dali_skips_its_rows(tmp_path, monkeypatch, capsys):
     assert "skipped" in capsys.readouterr().out
 
 
-def _jpegs(tmp_path: Path, n: int) -> list[Path]:
+SMALL = LoaderSettings(resize=(48, 64), batch_size=4, device=torch.device("cpu"))
+
+
+def _jpegs_and_plan(tmp_path: Path, n: int, patches: int) -> tuple[list[Path], object]:
+    """n small random JPEGs and a training plan over them (32-pixel crops of 48x64)."""
     paths = []
     rng = np.random.default_rng(0)
     for i in range(n):
         path = tmp_path / f"{i}.jpg"
         Image.fromarray(rng.integers(0, 255, (60, 70, 3), dtype=np.uint8)).save(path)
         paths.append(path)
-    return paths
+    plan = train_plan(
+        n, seed=1, epoch=2, patches_per_image=patches, patch_size=32, resize=(48, 64), window=2
+    )
+    return paths, plan
 
 
 def test_original_scheme_cuts_the_same_patches_as_pillow(tmp_path):
     """Same plan, same patches: the original scheme differs only in decoding per patch."""
-    paths = _jpegs(tmp_path, 3)
-    settings = LoaderSettings(resize=(48, 64), batch_size=4, device=torch.device("cpu"))
-    plan = train_plan(
-        3, seed=1, epoch=2, patches_per_image=3, patch_size=32, resize=(48, 64), window=2
-    )
+    paths, plan = _jpegs_and_plan(tmp_path, 3, patches=3)
+    settings = SMALL
     ours = list(make_loader("pillow", paths, settings).batches(plan))
     original = list(OriginalSchemeLoader(paths, settings).batches(plan))
     assert [b.images.shape[0] for b in original] == [b.images.shape[0] for b in ours]
@@ -151,11 +155,8 @@ def test_original_scheme_cuts_the_same_patches_as_pillow(tmp_path):
 
 
 def test_synthetic_loader_follows_the_plan(tmp_path):
-    paths = _jpegs(tmp_path, 5)
-    settings = LoaderSettings(resize=(48, 64), batch_size=4, device=torch.device("cpu"))
-    plan = train_plan(
-        5, seed=1, epoch=1, patches_per_image=2, patch_size=32, resize=(48, 64), window=2
-    )
+    paths, plan = _jpegs_and_plan(tmp_path, 5, patches=2)
+    settings = SMALL
     synthetic = list(make_loader("synthetic", paths, settings).batches(plan))
     pillow = list(make_loader("pillow", paths, settings).batches(plan))
     assert [b.images.shape for b in synthetic] == [b.images.shape for b in pillow]

@@ -153,14 +153,19 @@ def save_clive_mats(root: Path, names: list, mos: list[float]) -> None:
     )
 
 
-def prepare_clive(tmp_path: Path, *extra: str):
+def run_preparer(dataset: str, release: Path, tmp_path: Path, *extra: str):
+    """scripts/prepare_<dataset>.py on a release folder, writing to tmp_path/metas."""
     return run_cli(
-        "scripts/prepare_clive.py",
-        "--clive_root", str(tmp_path / "ChallengeDB_release"),
+        f"scripts/prepare_{dataset}.py",
+        f"--{dataset}_root", str(release),
         "--dataset_root", str(tmp_path),
         "--out_dir", str(tmp_path / "metas"),
         *extra,
     )  # fmt: skip
+
+
+def prepare_clive(tmp_path: Path, *extra: str):
+    return run_preparer("clive", tmp_path / "ChallengeDB_release", tmp_path, *extra)
 
 
 def test_clive_drops_the_seven_training_images(tmp_path: Path) -> None:
@@ -265,13 +270,7 @@ def make_kadid(
 
 
 def prepare_kadid(tmp_path: Path, *extra: str):
-    return run_cli(
-        "scripts/prepare_kadid.py",
-        "--kadid_root", str(tmp_path / "kadid10k"),
-        "--dataset_root", str(tmp_path),
-        "--out_dir", str(tmp_path / "metas"),
-        *extra,
-    )  # fmt: skip
+    return run_preparer("kadid", tmp_path / "kadid10k", tmp_path, *extra)
 
 
 def test_kadid_lists_every_distorted_image(tmp_path: Path) -> None:
@@ -350,14 +349,7 @@ def write_xlsx(path: Path, rows: list[list]) -> None:
 
 
 def prepare_spaq(tmp_path: Path, *extra: str):
-    return run_cli(
-        "scripts/prepare_spaq.py",
-        "--spaq_root", str(tmp_path / "SPAQ"),
-        "--dataset_root", str(tmp_path),
-        "--out_dir", str(tmp_path / "metas"),
-        "--workers", "2",
-        *extra,
-    )  # fmt: skip
+    return run_preparer("spaq", tmp_path / "SPAQ", tmp_path, "--workers", "2", *extra)
 
 
 def test_spaq_downscales_to_short_side_512(tmp_path: Path) -> None:

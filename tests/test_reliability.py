@@ -27,7 +27,7 @@ from pipelines.images import check_image
 from tests.conftest import (
     ROOT,
     assert_clean_error,
-    make_dataset,
+    dataset_fixtures,
     read_json,
     run_cli,
     tiny_train_args,
@@ -36,16 +36,7 @@ from tests.conftest import (
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("good")
-    make_dataset(root, 6)
-    return root
-
-
-@pytest.fixture
-def data(good: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(good, tmp_path / "data"))
+good, data = dataset_fixtures(6)
 
 
 def args_for(data: Path, run: Path, *extra: str, epochs: int = 2) -> list[str]:
