@@ -46,6 +46,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def open_fraction(text: str) -> float:
+    """argparse type: a float strictly between 0 and 1 (a share of the images)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (both excluded)")
+    return value
+
+
 def unit_interval(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:

@@ -58,36 +58,6 @@ def run_tool(
 # ---------------------------------------------------------------- arguments
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an int >= 0 (a seed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
-
-
-def open_fraction(text: str) -> float:
-    """argparse type: a float strictly between 0 and 1 (a share of the images)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (both excluded)")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1 (a worker count)."""
-    value = non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     """--out_dir and --dataset_root, the same in every preparer."""
     parser.add_argument(

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hyperiqa.arg_types import non_negative_int, open_fraction
 from hyperiqa.prepare import (
     PrepareError,
     add_output_args,
@@ -52,8 +53,6 @@ from hyperiqa.prepare import (
     check_image_name,
     entries_for,
     first_names,
-    non_negative_int,
-    open_fraction,
     parse_score,
     present_images,
     read_csv,

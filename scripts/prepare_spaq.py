@@ -39,6 +39,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from hyperiqa.arg_types import positive_int
 from hyperiqa.atomic import write_atomic
 from hyperiqa.prepare import (
     PrepareError,
@@ -49,7 +50,6 @@ from hyperiqa.prepare import (
     entries_for,
     first_names,
     parse_score,
-    positive_int,
     present_images,
     relative_dir,
     run_tool,

@@ -60,10 +60,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from hyperiqa.arg_types import open_fraction, positive_int
 from hyperiqa.atomic import write_bytes_atomic
 from hyperiqa.config import SPEED_FLAGS
 from hyperiqa.config import parse_args as parse_train_args
-from hyperiqa.prepare import open_fraction
 from hyperiqa.protocol import format_summary, parse_seeds, summarize, write_summary
 from hyperiqa.run_folder import RunFolder, interpreter
 from hyperiqa.run_summary import RunFolderError, load_run
@@ -96,12 +96,6 @@ def seeds_type(text: str) -> list[int]:
         return parse_seeds(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a number >= 1, got {text!r}")
-    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
