@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hyperiqa.arg_types import HelpFormatter
 from hyperiqa.atomic import overwritten_input
+from hyperiqa.check_data import find_problems, problems_message
 from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
@@ -21,6 +22,7 @@ from hyperiqa.evaluation import score_files
 from hyperiqa.metrics import format_metric as fmt
 from hyperiqa.metrics import krcc, plcc, srcc
 from hyperiqa.run_folder import write_json_atomic
+from hyperiqa.stopping import report_interrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    samples = load_samples(args.test_json, args.dataset_root)
+    samples = load_samples(args.test_json, args.dataset_root, require_files=False)
+    # Every image checked first, all problems listed at once (missing ones too),
+    # as train.py does: the loaders would otherwise see what the check refuses.
+    problems = find_problems([s.path for s in samples])
+    if problems:
+        raise UserError(problems_message(problems, len(samples)))
     pred = score_files(
         args.checkpoint,
         [s.path for s in samples],
@@ -82,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_output(Path(args.output), result)
     except USER_ERRORS as e:
         return report("evaluate.py", e)
+    except KeyboardInterrupt:
+        return report_interrupt("evaluate.py")
     print(
         f"images {result['num_images']}  SRCC {fmt(result['srcc'])}  "
         f"PLCC {fmt(result['plcc'])}  KRCC {fmt(result['krcc'])}"

@@ -22,6 +22,7 @@ from hyperiqa.check_data import find_problems, problems_message
 from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.evaluation import score_files
+from hyperiqa.stopping import report_interrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = predict(args)
     except USER_ERRORS as e:
         return report("predict.py", e)
+    except KeyboardInterrupt:
+        return report_interrupt("predict.py")
     if args.json:
         print(json.dumps([{"image": p, "score": s} for p, s in results], indent=2))
     else:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.run_log import bars_off
+from hyperiqa.stopping import report_interrupt
 from pipelines.images import check_image, ignore_interrupt
 
 
@@ -79,8 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         return report("check_data", e)
     except KeyboardInterrupt:
-        print("check_data: interrupted", file=sys.stderr)
-        return 130  # the shell's convention for "stopped by a signal"
+        return report_interrupt("check_data")
     if problems:
         print(problems_message(problems, len(paths), shown=len(problems)), file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -55,3 +56,10 @@ class StopSignals:
         # os.write, not print: a handler can run in the middle of a print.
         name = signal.Signals(signum).name
         os.write(2, f"\n{name}: stopping at the next safe point (again to stop now)\n".encode())
+
+
+def report_interrupt(prog: str) -> int:
+    """What a short-lived tool (evaluate, predict, check_data) says on Ctrl-C:
+    one line and the shell's exit code, no traceback. It wrote nothing yet."""
+    print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+    return EXIT_INTERRUPTED

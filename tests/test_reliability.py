@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import evaluate
+import predict
 import train
 from hyperiqa import trainer as trainer_module
 from hyperiqa.data import load_samples
@@ -383,3 +384,36 @@ def test_wrong_files_given_as_checkpoints_say_what_they_are(
     )
     err = _cli_error("train.py", *args)
     assert "is a training run's resume state, not a model" in err and "best_model.pkl" in err
+
+
+@pytest.mark.parametrize("tool", [evaluate, predict])
+def test_ctrl_c_in_evaluate_and_predict_is_one_line(
+    tool, good: Path, unfinished: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tool, "score_files", interrupted)
+    image = good / read_json(good / "demo.json")[0]["image"]
+    argv = ["--checkpoint", str(unfinished / "best_model.pkl"), "--device", "cpu"]
+    argv += (
+        ["--test_json", str(good / "demo.json"), "--dataset_root", str(good)]
+        if tool is evaluate
+        else [str(image)]
+    )
+    assert tool.main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.endswith("interrupted; nothing was written\n") and "Traceback" not in err
+
+
+def test_evaluate_checks_every_image_first(data: Path, unfinished: Path, capsys) -> None:
+    images = [data / e["image"] for e in read_json(data / "demo.json")]
+    images[0].unlink()
+    deep = Image.fromarray((np.arange(60 * 70, dtype=np.uint16) * 9).reshape(60, 70))
+    deep.save(images[1], format="PNG")  # a 16-bit PNG under a .jpg name
+    argv = ["--checkpoint", str(unfinished / "best_model.pkl"), "--device", "cpu",
+            "--test_json", str(data / "demo.json"), "--dataset_root", str(data)]  # fmt: skip
+    assert evaluate.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "2 of 6 images are unusable" in err and "file not found" in err
+    assert "more than 8-bit image (mode I;16)" in err
