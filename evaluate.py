@@ -67,7 +67,9 @@ def evaluate(args: argparse.Namespace) -> dict:
 def check_output(args: argparse.Namespace) -> None:
     """--output must not replace what this run reads (a 110 MB model, say)."""
     if args.output:
-        source = overwritten_input(Path(args.output), [Path(args.checkpoint), Path(args.test_json)])
+        checkpoint = Path(args.checkpoint)
+        inputs = [checkpoint, Path(args.test_json), checkpoint.parent / "args.json"]
+        source = overwritten_input(Path(args.output), inputs)
         if source is not None:
             raise UserError(f"--output {args.output} would overwrite the input {source}")
 

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,6 +136,11 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
             elif start == "finish":
                 history = run.history()
                 log.info(f"resuming {run.path}: every epoch is done, scoring the test sets")
+            elif start == "start_over":
+                log.info(
+                    f"resuming {run.path} from the start: it stopped before or while saving "
+                    "epoch 1, so there is no resume state (epoch 1 is recomputed identically)"
+                )
             else:
                 log.info(f"run folder: {run.path}")
             for note in filter(None, notes):
@@ -287,6 +293,9 @@ def file_size(path: Path) -> int | None:
 def open_run(cfg: TrainConfig, run: RunFolder, data: dict) -> str:
     """Check the folder against --resume/--overwrite without changing anything in it;
     returns how the run starts: "new", or --resume's "continue", "finish", "start_over"."""
+    inputs = [cfg.train_json, cfg.val_json, cfg.init_checkpoint, cfg.backbone_weights]
+    inputs += [path for path, _root in cfg.eval_sets().values()]
+    run.refuse_inputs([path for path in inputs if path and Path(path).is_file()])
     if cfg.resume:
         return run.check_resume(cfg.to_json(), data, SPEED_FLAGS)
     if not cfg.overwrite:
@@ -408,6 +417,8 @@ def score_held_out(
     trainer.model.load_state_dict(best)
     epoch = history.best["epoch"] if history.best else history.epoch
     for name, split in held_out.items():
+        if trainer.stop_agreed():  # Ctrl-C while scoring: --resume finishes the scoring
+            raise Interrupted
         result = {"epoch": epoch, **trainer.score(split)}
         history.scores[name] = result
         if board:
@@ -434,16 +445,17 @@ def final_report(cfg: TrainConfig, run: RunFolder, history: History, has_val: bo
         ]
     else:
         lines = [f"done: no validation set, so best_model.pkl is the last epoch ({history.epoch})"]
-    python = interpreter()
-    ckpt = run.file(BEST)
+    q = shlex.quote  # the commands work as printed, whatever the folder names
+    python, ckpt = q(interpreter()), q(str(run.file(BEST)))
     lines.append(f"files: {run.path} (best_model.pkl, metrics.json, train.log)")
     if has_val:
         lines.append(
             f"evaluate: {python} evaluate.py --checkpoint {ckpt} "
-            f"--test_json {run.file(VAL_IMAGES)} --dataset_root {cfg.dataset_root}"
+            f"--test_json {q(str(run.file(VAL_IMAGES)))} --dataset_root {q(cfg.dataset_root)}"
         )
     lines.append(f"predict:  {python} predict.py --checkpoint {ckpt} IMAGE ...")
-    lines.append(f"plot:     {python} scripts/plot_metrics.py {run.path} -o {run.path}/curves.png")
+    curves = q(str(run.path / "curves.png"))
+    lines.append(f"plot:     {python} scripts/plot_metrics.py {q(str(run.path))} -o {curves}")
     return lines
 
 

@@ -40,7 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperiqa.arg_types import non_negative_int, positive_int, resize_type
+from hyperiqa.arg_types import non_negative_int, positive_float, positive_int, resize_type
+from hyperiqa.atomic import overwritten_input
+from hyperiqa.check_data import check_dataset
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.run_folder import write_json_atomic
@@ -106,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch_num", type=positive_int, default=25, help="patches per image per epoch")
     p.add_argument(
         "--seconds",
-        type=float,
+        type=positive_float,
         default=None,
         help="measured seconds per row (default 20; --quick 8)",
     )
@@ -134,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--worker_sweep",
+        type=worker_counts,
         default=None,
         help="add loader/pillow-wN rows for these worker counts, e.g. 0,1,2",
     )
@@ -189,6 +192,7 @@ def setup(args: argparse.Namespace) -> Setup:
     if args.data_json:
         samples = load_samples(args.data_json, args.dataset_root or Path(args.data_json).parent)
         files, scores = [s.path for s in samples], np.array([s.score for s in samples])
+        check_dataset(files)  # a file DALI cannot decode would end its pipeline, or the process
     else:
         files = generated_images(Path(args.data_dir), args.images, args.image_size)
         scores = np.random.default_rng(SEED).uniform(0.0, 100.0, len(files))
@@ -217,7 +221,7 @@ def row_plan(args: argparse.Namespace, cuda: bool) -> list[Row]:
         Row("loader/original", "original", train=False, note="per-patch decode"),
         Row("loader/pillow", "pillow", train=False),
     ]
-    for w in (int(x) for x in (args.worker_sweep or "").split(",") if x.strip()):
+    for w in args.worker_sweep or []:
         rows.append(
             Row(f"loader/pillow-w{w}", "pillow", train=False, note=f"{w} workers", workers=w)
         )
@@ -247,7 +251,14 @@ def row_plan(args: argparse.Namespace, cuda: bool) -> list[Row]:
     if args.only:
         prefixes = [p.strip() for p in args.only.split(",") if p.strip()]
         rows = [r for r in rows if any(r.name.startswith(p) for p in prefixes)]
+        if not rows:
+            raise UserError(f"--only {args.only!r} matches no row")
     return rows
+
+
+def worker_counts(text: str) -> list[int]:
+    """--worker_sweep: comma-separated worker counts, e.g. 0,1,2."""
+    return [non_negative_int(x.strip()) for x in text.split(",") if x.strip()]
 
 
 # --------------------------------------------------------------------------- #
@@ -390,22 +401,36 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     args = build_parser().parse_args(argv)
     try:
+        if (
+            args.json
+            and args.data_json
+            and overwritten_input(Path(args.json), [Path(args.data_json)])
+        ):
+            raise UserError(f"--json {args.json} would overwrite the input --data_json")
+        if args.json and Path(args.json).is_dir():
+            raise UserError(f"--json {args.json} is a directory")
         s = setup(args)
         results = run_rows(s, row_plan(args, s.rt.cuda))
+        for row in results:
+            for key in RESULT_KEYS:
+                row.setdefault(key, None)
+        env = environment(s, args, load_start)
+        print()
+        print(format_table(env, results))
+        if args.json:
+            write_results(Path(args.json), {"env": env, "results": results, "notes": NOTES})
     except USER_ERRORS as e:
         return report("bench/throughput.py", e)
-    for row in results:
-        for key in RESULT_KEYS:
-            row.setdefault(key, None)
-    env = environment(s, args, load_start)
-    print()
-    print(format_table(env, results))
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out, {"env": env, "results": results, "notes": NOTES})
-        print(f"\nwrote {out}")
     return 0
+
+
+def write_results(out: Path, results: dict) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder of --json {out}: {e.strerror or e}") from None
+    write_json_atomic(out, results)
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from hyperiqa.arg_types import (
 
 DEFAULT_CHECKPOINTS = Path("../checkpoints")
 DEFAULT_VAL_SPLIT = 0.1
+# The sets a run has by itself: an --eval_json set may not take one of their names.
+RESERVED_SET_NAMES = frozenset({"train", "val", "test"})
 
 
 @dataclass(frozen=True)
@@ -352,13 +354,22 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     check_patch_fits(parser, ns)
     if ns.resume and ns.overwrite:
         parser.error("argument --resume: not allowed with argument --overwrite")
+    if ns.checkpoint_dir is not None and not ns.checkpoint_dir.strip():
+        parser.error("argument --checkpoint_dir: empty; leave it out for the default folder")
+    if ns.demo and ns.train_json == DEMO_DEFAULTS["train_json"]:
+        # --demo --dataset_root X: the demo dataset lives (or is written) in X.
+        ns.train_json = str(Path(ns.dataset_root) / Path(ns.train_json).name)
     if ns.val_json and ns.val_split is not None:
         parser.error("argument --val_split: not allowed with argument --val_json")
     if ns.val_split is None:
         ns.val_split = 0.0 if ns.val_json else DEFAULT_VAL_SPLIT
     names = [named(text)[0] for text in ns.eval_json]
-    for name in {n for n in names if names.count(n) > 1} | ({"test"} & set(names)):
-        parser.error(f"argument --eval_json: the name {name!r} is used twice (or is 'test')")
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        parser.error(f"argument --eval_json: the name {name!r} is used twice")
+    for name in sorted(set(names) & RESERVED_SET_NAMES):
+        parser.error(
+            f"argument --eval_json: {name!r} names the run's own {name} set; choose another name"
+        )
     for text in ns.eval_root:
         if named(text)[0] not in names:
             parser.error(f"argument --eval_root: no --eval_json named {named(text)[0]!r}")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hyperiqa.errors import UserError
+from pipelines.images import file_problem
 
 SHOW = 5  # how many names a message lists before "and N more"
 
@@ -78,19 +79,9 @@ def file_key(path: Path) -> tuple[int, int] | None:
     """(device, inode) of an existing file: the same for every spelling of one file."""
     try:
         st = path.stat()
-    except OSError:
+    except (OSError, ValueError):
         return None
     return (st.st_dev, st.st_ino)
-
-
-def _problem_with_file(path: Path) -> str | None:
-    """None for a readable regular file, else what is wrong (without raising)."""
-    try:
-        if path.is_file():
-            return None
-        return "is a directory" if path.is_dir() else "not found"
-    except OSError as e:  # a name too long, a loop of links, ...
-        return e.strerror or str(e)
 
 
 def load_samples(
@@ -110,11 +101,13 @@ def load_samples(
         image = entry.get("image")
         if not isinstance(image, str) or not image:
             raise UserError(f"{where}: missing or empty 'image'")
+        if "\0" in image:
+            raise UserError(f"{where}: the image name {image!r} contains a NUL character")
         where = f"{json_path} entry {i} ({image})"
         samples.append(Sample(image=image, path=root / image, score=_score(entry, where)))
 
     # Report every unusable path at once: a user fixing paths wants the whole list.
-    problems = [(s.path, p) for s in samples if (p := _problem_with_file(s.path))]
+    problems = [(s.path, p) for s in samples if (p := file_problem(s.path))]
     if problems and require_files:
         listed = [f"{path} ({why})" for path, why in problems]
         raise UserError(
@@ -169,6 +162,11 @@ def split_samples(
         raise ValueError(f"val_split must be in [0, 1), got {val_split}")
     perm = np.random.default_rng(seed).permutation(len(samples))
     num_val = round(val_split * len(samples))
+    if val_split > 0 and num_val == 0:
+        raise UserError(
+            f"val_split {val_split} of {len(samples)} images holds out no image; use a larger "
+            "share, or --val_split 0 for no validation"
+        )
     val = [samples[i] for i in sorted(perm[:num_val])]
     train = [samples[i] for i in sorted(perm[num_val:])]
     if not train:

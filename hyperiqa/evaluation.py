@@ -11,6 +11,7 @@ crop count are the defaults: a model is scored as it was validated.
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from hyperiqa.arg_types import format_resize
+from hyperiqa.arg_types import format_resize, resize_type
 from hyperiqa.errors import UserError
 from hyperiqa.metrics import per_image_mean
 from hyperiqa.model import HyperNet, ModelLoadError, load_hypernet
@@ -55,10 +56,9 @@ def crop_settings(
 ) -> tuple[tuple[int, int], int]:
     """(resize, patch_num) to score with: the ones asked for, else those of the
     run whose args.json sits beside the checkpoint, else the defaults. A value
-    asked for that differs from the run's is said, not silently used."""
-    run = _run_args(Path(checkpoint).parent / "args.json")
-    run_resize = tuple(int(v) for v in run["resize"].split("x")) if "resize" in run else None
-    run_patches = run.get("val_patch_num")
+    asked for that differs from the run's is said, not silently used; so is an
+    args.json that cannot be used."""
+    run_resize, run_patches = _run_crops(Path(checkpoint).parent / "args.json", echo)
     for name, asked, trained in [
         ("resize", resize, run_resize),
         ("patch_num", patch_num, run_patches),
@@ -71,17 +71,40 @@ def crop_settings(
             )
     resize = resize or run_resize or DEFAULT_RESIZE
     patch_num = patch_num or run_patches or DEFAULT_PATCH_NUM
-    if run and (resize, patch_num) == (run_resize, run_patches):
+    if (resize, patch_num) == (run_resize, run_patches):
         echo(f"crops: {patch_num} per image at {format_resize(resize)}, as the run validated")
     return resize, patch_num
 
 
-def _run_args(path: Path) -> dict:
+def _run_crops(
+    path: Path, echo: Callable[[str], None]
+) -> tuple[tuple[int, int] | None, int | None]:
+    """The resize and val_patch_num a run's args.json records, each None when absent or unusable."""
+    if not path.is_file():
+        return None, None  # no run beside the checkpoint: the defaults
     try:
         args = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}  # no run beside the checkpoint (or not one we can read): the defaults
-    return args if isinstance(args, dict) else {}
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        echo(f"note: ignoring {path}: {e}")
+        return None, None
+    if not isinstance(args, dict):
+        echo(f"note: ignoring {path}: not a run's args.json")
+        return None, None
+    resize, patches = None, None
+    try:
+        resize = resize_type(str(args["resize"])) if "resize" in args else None
+        if resize and min(resize) < PATCH_SIZE:
+            raise ValueError(f"smaller than the {PATCH_SIZE}-pixel crops")
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        echo(f"note: ignoring the resize {args['resize']!r} of {path}: {e}")
+        resize = None
+    value = args.get("val_patch_num")
+    if value is not None:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            patches = value
+        else:
+            echo(f"note: ignoring the val_patch_num {value!r} of {path}")
+    return resize, patches
 
 
 @torch.inference_mode()
@@ -214,8 +237,11 @@ class Scorer:
             1, patches_per_image=self.patch_num, patch_size=PATCH_SIZE, resize=self.resize, window=1
         )
 
-    def score(self, images: Iterable[object]) -> np.ndarray:
-        """One score per image (higher = better quality)."""
+    def score(self, images: Iterable[object] | str | Path | Image.Image) -> np.ndarray:
+        """One score per image (higher = better quality); a single path or PIL
+        image gives an array of one."""
+        if isinstance(images, str | Path | Image.Image):
+            images = [images]
         patches = [self._patches(image, i) for i, image in enumerate(images)]
         if not patches:
             return np.zeros(0)
@@ -244,19 +270,37 @@ def _as_rgb(image: object, i: int) -> Image.Image:
             raise UserError(f"image {image}: {reason}")
         return load_rgb(image)
     if isinstance(image, Image.Image):
+        if image.mode.startswith("I") or image.mode == "F":  # as the image check refuses files
+            raise UserError(f"image {i}: mode {image.mode} is deeper than 8 bits; convert it first")
+        if min(image.size) < 1:
+            raise UserError(f"image {i}: empty ({image.size[0]}x{image.size[1]})")
         return ImageOps.exif_transpose(image).convert("RGB")
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise UserError(f"image {i}: expected a [3, H, W] tensor, got {list(image.shape)}")
         if image.is_floating_point():
-            image = (image.clamp(0, 1) * 255).round()
+            if not bool(((image >= 0) & (image <= 1)).all()):
+                raise UserError(f"image {i}: a float tensor must hold values in [0, 1]")
+            image = (image * 255).round()
+        elif image.dtype != torch.uint8:
+            raise UserError(f"image {i}: expected uint8 or float values, got {image.dtype}")
         image = image.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise UserError(
                 f"image {i}: expected a uint8 [H, W, 3] array, got {image.dtype} {list(image.shape)}"
             )
+        if min(image.shape[:2]) < 1:
+            raise UserError(f"image {i}: empty ({image.shape[1]}x{image.shape[0]})")
         return Image.fromarray(image, "RGB")
     raise UserError(
         f"image {i}: a path, PIL image, tensor or array was expected, got {type(image).__name__}"
+    )
+
+
+def _is_resize(value: object) -> bool:
+    return (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and all(isinstance(v, int) and PATCH_SIZE <= v <= 4096 for v in value)
     )

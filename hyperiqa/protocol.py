@@ -37,6 +37,9 @@ STD = "sample standard deviation (ddof=1); null with fewer than 2 values"
 SEED_PART = re.compile(r"(\d+)(?:-(\d+))?", re.ASCII)
 
 
+MAX_SEEDS = 1000  # a protocol of more splits than that is a typo, not a plan
+
+
 def parse_seeds(text: str) -> list[int]:
     """``0-9`` -> [0, ..., 9]; ``0,3,5``; ``0-2,7``. ValueError (a one-line
     message) for anything else, a backwards range or a seed listed twice."""
@@ -49,6 +52,8 @@ def parse_seeds(text: str) -> list[int]:
         last = int(match[2]) if match[2] is not None else first
         if last < first:
             raise ValueError(f"the range {part.strip()} runs backwards")
+        if last - first + len(seeds) >= MAX_SEEDS:
+            raise ValueError(f"at most {MAX_SEEDS} seeds, got more in {text!r}")
         seeds.extend(range(first, last + 1))
     repeated = sorted(seed for seed, n in Counter(seeds).items() if n > 1)
     if repeated:

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
 import shlex
 import shutil
 import sys
@@ -40,7 +41,7 @@ BEST = "best_model.pkl"
 RESUME = "resume_state.pt"
 
 # Files that mark a folder as holding a run (any of them).
-RUN_MARKERS = (ARGS, METRICS, BEST, RESUME)
+RUN_MARKERS = (ARGS, DATA, VAL_IMAGES, METRICS, BEST, RESUME)
 
 
 class WriteError(UserError):
@@ -148,12 +149,29 @@ class RunFolder:
 
     def check_writable(self) -> None:
         """Fail early, before any work, when the folder cannot be created or written."""
+        if self.path.is_symlink() and not self.path.exists():
+            raise WriteError(
+                f"run folder {self.path} is a link to nothing ({os.readlink(self.path)})"
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise WriteError(f"cannot create run folder {self.path}: {e.strerror or e}") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise WriteError(f"run folder {self.path} is not writable")
+
+    def refuse_inputs(self, inputs: Sequence[str | Path]) -> None:
+        """No run writes over, or clears away, a file it reads (a metadata JSON
+        named data.json in the folder, --init_checkpoint RUN/best_model.pkl, ...)."""
+        folder = os.path.realpath(self.path)
+        for source in inputs:
+            real = os.path.realpath(source)
+            if os.path.dirname(real) == folder and _is_run_file(os.path.basename(real)):
+                raise UserError(
+                    f"{source} is an input of this run, but the run folder {self.path} "
+                    "writes or clears that file; copy it elsewhere or choose another "
+                    "--checkpoint_dir"
+                )
 
     def refuse_existing(self) -> None:
         if self.holds_run():
@@ -190,14 +208,19 @@ class RunFolder:
     def write_json(self, name: str, obj: Any) -> None:
         write_json_atomic(self.file(name), obj)
 
-    def read_json(self, name: str) -> Any:
+    def read_json(self, name: str, kind: type | None = None) -> Any:
+        """A JSON file of the run; with ``kind``, it must hold that type (dict, list)."""
         path = self.file(name)
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            value = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UserError(f"{path} is missing") from None
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UserError(f"cannot read {path}: {e}") from None
+        if kind is not None and not isinstance(value, kind):
+            what = {dict: "an object", list: "a list"}.get(kind, kind.__name__)
+            raise UserError(f"{path} is not {what}: not written by train.py")
+        return value
 
     def save(self, name: str, obj: Any) -> None:
         save_torch_atomic(self.file(name), obj)
@@ -264,38 +287,62 @@ class RunFolder:
         """How ``--resume`` continues this run, or a UserError saying why it cannot.
 
         Returns "continue" (from resume_state.pt), "finish" (every epoch is done;
-        only the final scoring of the test sets is missing) or "start_over" (the
-        run stopped before its first epoch ended: there is nothing to keep). A
-        resume never deletes results: anything else is refused, folder untouched.
+        only the final scoring of the test sets is missing) or "start_over"
+        (there is nothing to continue from, and nothing beyond epoch 1 to lose:
+        the run stopped before or while saving its first epoch, which is then
+        recomputed identically). A resume never deletes more than that:
+        anything else is refused, the folder untouched.
         """
+        results = sorted(n for n in _names(self.path) if _is_result(n))
+        keep = "; nothing was changed. Start the run again with --overwrite"
         if not self.file(ARGS).is_file():
+            if results:
+                raise UserError(
+                    f"--resume: {ARGS} is missing from {self.path}, so the run's flags "
+                    f"cannot be checked{keep}"
+                )
             raise UserError(f"--resume: {self.path} holds no run to continue")
-        diffs = _differences(self.read_json(ARGS), args_now, skip=speed_flags)
+        diffs = _differences(self.read_json(ARGS, dict), args_now, skip=speed_flags)
         if diffs:
             raise UserError(f"--resume: flags differ from {self.file(ARGS)}: " + "; ".join(diffs))
         if self.file(DATA).is_file():
-            changed = _data_differences(self.read_json(DATA), data_now)
+            changed = _data_differences(self.read_json(DATA, dict), data_now)
             if changed:
                 raise UserError(
                     f"--resume: the data differs from the run's ({self.file(DATA)}): "
                     + "; ".join(changed)
                 )
-        metrics = self.read_json(METRICS) if self.file(METRICS).is_file() else None
+        elif results:
+            raise UserError(
+                f"--resume: {DATA} is missing from {self.path}, so the run's data cannot be "
+                f"checked{keep} (or restore the file)"
+            )
+        metrics = self.metrics() if self.file(METRICS).is_file() else None
         if metrics and metrics.get("completed"):
             raise UserError(f"--resume: the run in {self.path} is already complete")
-        done = len(metrics.get("epochs", [])) if metrics else 0
+        done = len(metrics["epochs"]) if metrics else 0
         if self.file(RESUME).is_file():
             return "continue"
         if metrics and done == args_now.get("epochs") and self.file(BEST).is_file():
             return "finish"
-        results = [n for n in _names(self.path) if _is_result(n)]
-        if not results:
+        if not results or (
+            metrics and done <= 1 and set(results) <= {METRICS, BEST, epoch_checkpoint(1)}
+        ):
             return "start_over"
         raise UserError(
-            f"--resume: {self.path} holds results ({', '.join(sorted(results))}) but no "
-            f"{RESUME} to continue from, so this run cannot be resumed; nothing was changed. "
-            "Start it again with --overwrite, or train into another --checkpoint_dir"
+            f"--resume: {self.path} holds results ({', '.join(results)}) but no {RESUME} "
+            f"to continue from, so this run cannot be resumed{keep}, or train into another "
+            "--checkpoint_dir"
         )
+
+    def metrics(self) -> dict:
+        """metrics.json, checked to be what train.py writes (an object with an epochs list)."""
+        m = self.read_json(METRICS, dict)
+        if not isinstance(m.get("epochs"), list) or not all(
+            isinstance(e, dict) for e in m["epochs"]
+        ):
+            raise UserError(f"{self.file(METRICS)} has no list of epochs: not written by train.py")
+        return m
 
     def resume_command(self, argv: Sequence[str], world_size: int = 1) -> str:
         """The command that continues this run: the same flags, with --resume (and the
@@ -320,15 +367,21 @@ class RunFolder:
         import torch
 
         path = self.file(RESUME)
+        foreign = (
+            f"--resume: {path} is not a resume state written by train.py ({{}}); nothing was "
+            "changed. Start the run again with --overwrite"
+        )
         try:
             state = torch.load(path, map_location=device, weights_only=True)
-        except Exception as e:  # written atomically: only a damaged disk or a foreign file
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        except pickle.UnpicklingError:
             raise UserError(
-                f"--resume: cannot read {path} ({type(e).__name__}: {reason[:200]}); "
-                "start the run again with --overwrite"
+                foreign.format("it holds pickled objects, which are not loaded")
             ) from None
-        best = state.get("best") if isinstance(state, dict) else None
+        except Exception as e:  # written atomically: only a damaged disk or a foreign file
+            raise UserError(foreign.format(f"unreadable: {type(e).__name__}")) from None
+        if not isinstance(state, dict) or not set(state) >= RESUME_KEYS:
+            raise UserError(foreign.format("its contents are not a resume state"))
+        best = state.get("best")
         if best and not self.file(BEST).is_file():
             raise UserError(
                 f"--resume: {BEST} (epoch {best['epoch']}) is missing from {self.path}, so the "
@@ -339,9 +392,8 @@ class RunFolder:
 
     def history(self) -> History:
         """The history metrics.json records (for a run whose epochs are all done)."""
-        m = self.read_json(METRICS)
-        epochs = m.get("epochs", [])
-        return History(epoch=len(epochs), best=m.get("best"), epochs=epochs)
+        m = self.metrics()
+        return History(epoch=len(m["epochs"]), best=m.get("best"), epochs=m["epochs"])
 
 
 def _names(folder: Path) -> list[str]:
@@ -361,7 +413,9 @@ def _data_differences(saved: dict, now: dict) -> list[str]:
     changed = []
     for name in sorted(set(saved) | set(now)):
         a, b = saved.get(name), now.get(name)
-        if a is None or b is None:
+        if a is not None and not isinstance(a, dict):
+            changed.append(f"{name}: unreadable record {str(a)[:40]!r}")
+        elif a is None or b is None:
             changed.append(f"{name} set {'added' if a is None else 'removed'}")
         elif a.get("images") != b.get("images"):
             changed.append(f"{name}: {a.get('images')} -> {b.get('images')} images")
@@ -389,6 +443,10 @@ def interpreter() -> str:
     with contextlib.suppress(ValueError):
         return str(path.relative_to(Path.cwd()))
     return str(path)
+
+
+# What resume_state.pt holds (resume_state below, with the trainer's states).
+RESUME_KEYS = frozenset({"epoch", "best", "epochs", "model", "optimizer", "scaler", "torch_rng"})
 
 
 def resume_state(history: History, **states: Any) -> dict:

@@ -19,8 +19,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_INTERRUPTED = 130  # the shell's convention for "stopped by a signal"
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived and the run stopped."""
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived and the run stopped.
+
+    A BaseException, like KeyboardInterrupt: code that treats any ``Exception``
+    as a bad file (the image check, say) must not swallow a stop."""
 
 
 class StopSignals:

@@ -9,7 +9,9 @@ the same rules (RGB output, EXIF orientation applied).
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import warnings
 from pathlib import Path
 
@@ -24,8 +26,28 @@ JPEG_FORMATS = {"JPEG", "MPO"}
 _EXIF_ORIENTATION = 0x0112
 
 
+def file_problem(path: str | Path) -> str | None:
+    """None for an existing regular file, else what it is instead (never raises).
+
+    Checked before opening: opening a FIFO would wait forever for a writer."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except (OSError, ValueError) as e:  # a loop of links, a name too long, a NUL byte
+        return getattr(e, "strerror", None) or str(e)
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device)"
+    return None
+
+
 def check_image(path: str | Path) -> str | None:
     """None when the image is usable, else a short reason."""
+    problem = file_problem(path)
+    if problem:
+        return problem
     try:
         with warnings.catch_warnings():
             # A decompression-bomb warning or odd EXIF should not count as a failure.

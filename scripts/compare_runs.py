@@ -120,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no runs under {root}", file=sys.stderr)
         return 0
     if not rows:
-        print(f"no runs under {root}")
+        hint = (
+            " (it is a run folder itself: pass the folder that holds runs)"
+            if (root / "metrics.json").is_file()
+            else ""
+        )
+        print(f"no runs under {root}{hint}")
         return 0
     print(format_table(rows))
     return 0

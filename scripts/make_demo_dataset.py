@@ -370,6 +370,16 @@ def write_koniq_like_jpegs(
 # -- Command line ----------------------------------------------------------------
 
 
+MAX_IMAGES = 100_000  # the plan is built up front: a typo of many zeros must not eat the memory
+
+
+def image_count(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_IMAGES:
+        raise argparse.ArgumentTypeError(f"at most {MAX_IMAGES}, got {value}")
+    return value
+
+
 def _size(text: str) -> tuple[int, int]:
     """``HxW`` (height first), each side at least ``MIN_SIDE``."""
     height, width = resize_type(text)
@@ -392,9 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--num_images",
-        type=positive_int,
+        type=image_count,
         default=None,
-        help=f"number of images (default: {DEMO_NUM_IMAGES}; 1 with --koniq_like)",
+        help=f"number of images, at most {MAX_IMAGES} (default: {DEMO_NUM_IMAGES}; 1 with "
+        "--koniq_like)",
     )
     parser.add_argument(
         "--size",

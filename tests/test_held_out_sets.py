@@ -132,7 +132,9 @@ def test_val_json_with_val_split_is_a_flag_error(capsys: pytest.CaptureFixture) 
     [
         (["--eval_json", "clive"], "expected NAME=PATH"),
         (["--eval_json", "a=x.json", "--eval_json", "a=y.json"], "'a' is used twice"),
-        (["--eval_json", "test=x.json"], "'test' is used twice (or is 'test')"),
+        (["--eval_json", "test=x.json"], "'test' names the run's own test set"),
+        (["--eval_json", "train=x.json"], "'train' names the run's own train set"),
+        (["--eval_json", "val=x.json"], "'val' names the run's own val set"),
         (["--eval_root", "b=dir"], "no --eval_json named 'b'"),
     ],
 )

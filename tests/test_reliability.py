@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -52,20 +53,20 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def unfinished(good: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-epoch run stopped after epoch 1 (as a kill leaves it): resumable."""
+    """A real 3-epoch run stopped after epoch 2 (as Ctrl-C leaves it): resumable."""
     run = tmp_path_factory.mktemp("unfinished") / "run"
-    assert train.main(args_for(good, run, epochs=1)) == 0
-    # Make it the first epoch of a 2-epoch run: the state a kill after epoch 1 leaves.
-    args = read_json(run / "args.json")
-    args["epochs"] = 2
-    (run / "args.json").write_text(json.dumps(args))
-    metrics = read_json(run / "metrics.json")
-    metrics.update(epochs_planned=2, completed=False)
-    (run / "metrics.json").write_text(json.dumps(metrics))
-    best = torch.load(run / "best_model.pkl", weights_only=True)
-    state = {"epoch": 1, "best": metrics["best"], "epochs": metrics["epochs"], "model": best}
-    torch.save(state, run / "resume_state.pt")
+    asked = iter([False, True])  # the stop is agreed on after epoch 1 no, after epoch 2 yes
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer_module.Trainer, "stop_agreed", lambda _self: next(asked))
+        assert train.main(args_for(good, run, epochs=3)) == 130
+    assert (run / "resume_state.pt").is_file()
+    assert [e["epoch"] for e in read_json(run / "metrics.json")["epochs"]] == [1, 2]
     return run
+
+
+def args_of(run: Path, data: Path, *extra: str) -> list[str]:
+    """The flags of the unfinished run (3 epochs), on ``data``, in ``run``."""
+    return args_for(data, run, *extra, epochs=3)
 
 
 # -- 1. --resume never wipes a run --------------------------------------------------------------
@@ -80,7 +81,7 @@ def test_resume_without_its_state_is_refused_and_deletes_nothing(
         (run / "resume_state.pt").unlink()
     (run / lost).unlink(missing_ok=True)
     before = snapshot(run)
-    assert train.main(args_for(good, run, "--resume")) == 1
+    assert train.main(args_of(run, good, "--resume")) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be resumed; nothing was changed" in err, err
     assert "--overwrite" in err
@@ -93,8 +94,8 @@ def test_resume_without_best_model_is_refused(
     run = Path(shutil.copytree(unfinished, tmp_path / "run"))
     (run / "best_model.pkl").unlink()
     before = snapshot(run)
-    assert train.main(args_for(good, run, "--resume")) == 1
-    assert "best_model.pkl (epoch 1) is missing" in capsys.readouterr().err
+    assert train.main(args_of(run, good, "--resume")) == 1
+    assert re.search(r"best_model.pkl \(epoch \d\) is missing", capsys.readouterr().err)
     assert snapshot(run) == before
 
 
@@ -109,8 +110,10 @@ def test_a_planted_resume_state_runs_no_code(
             return (os.system, (f"touch {marker}",))
 
     torch.save({"epoch": 1, "payload": Payload()}, run / "resume_state.pt")
-    assert train.main(args_for(good, run, "--resume")) == 1
-    assert "cannot read" in capsys.readouterr().err
+    assert train.main(args_of(run, good, "--resume")) == 1
+    err = capsys.readouterr().err
+    assert "is not a resume state written by train.py (it holds pickled objects" in err
+    assert "weights_only" not in err  # no advice to load it unsafely
     assert not marker.exists()
 
 
@@ -175,7 +178,7 @@ def test_resume_with_a_changed_score_is_refused(
     entries = read_json(data / "demo.json")
     entries[0]["score"] += 1
     (data / "demo.json").write_text(json.dumps(entries))
-    assert train.main(args_for(data, run, "--resume")) == 1
+    assert train.main(args_of(run, data, "--resume")) == 1
     assert "names, scores or file sizes differ" in capsys.readouterr().err
 
 
@@ -354,6 +357,7 @@ def test_hostile_metadata_is_one_line(
     meta.write_text(content)
     args = args_for(good, tmp_path / "run")
     args[args.index("--train_json") + 1] = str(meta)
+    args[args.index("--val_split") + 1] = "0"  # one image: nothing to hold out
     assert message in _cli_error("train.py", *args)
 
 
@@ -417,3 +421,170 @@ def test_evaluate_checks_every_image_first(data: Path, unfinished: Path, capsys)
     err = capsys.readouterr().err
     assert "2 of 6 images are unusable" in err and "file not found" in err
     assert "more than 8-bit image (mode I;16)" in err
+
+
+# -- found by the adversarial sweep ------------------------------------------------------------
+
+
+def test_a_run_killed_while_saving_epoch_1_resumes_from_the_start(
+    good: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """No resume state yet: epoch 1's files are recomputed identically, not refused."""
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert train.main(args_for(good, reference)) == 0
+    assert train.main(args_for(good, run)) == 0
+    metrics = read_json(run / "metrics.json")  # the state a kill before resume_state.pt leaves
+    metrics.update(
+        completed=False, epochs=metrics["epochs"][:1], best=metrics["epochs"][0] and metrics["best"]
+    )
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / ".resume_state.pt.x1y2.tmp").write_bytes(b"half a file")
+    capsys.readouterr()
+    assert train.main(args_for(good, run, "--resume")) == 0
+    assert "from the start: it stopped before or while saving epoch 1" in capsys.readouterr().out
+    strip = {"epoch_seconds", "train_seconds", "train_patches_per_s"}
+    rows = [[{k: v for k, v in e.items() if k not in strip} for e in read_json(r / "metrics.json")["epochs"]] for r in (run, reference)]  # fmt: skip
+    assert rows[0] == rows[1]
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_ctrl_c_during_the_image_check_is_a_stop_not_a_bad_image(
+    good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import pipelines.images
+
+    opened = pipelines.images.Image.open
+
+    def open_then_ctrl_c(*args: object, **kwargs: object) -> object:
+        os.kill(os.getpid(), signal.SIGINT)  # arrives inside check_image's broad except
+        return opened(*args, **kwargs)
+
+    monkeypatch.setattr(pipelines.images.Image, "open", open_then_ctrl_c)
+    assert train.main(args_for(good, tmp_path / "run")) == 130
+    err = capsys.readouterr().err
+    assert "interrupted during setup" in err and "cannot decode" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["data.json", "val_images.json"])
+def test_an_input_inside_the_run_folder_is_never_written_over(
+    name: str, good: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(good / "demo.json", run / name)
+    args = args_for(good, run, "--overwrite")
+    args[args.index("--train_json") + 1] = str(run / name)
+    assert train.main(args) == 1
+    assert f"{run / name} is an input of this run" in capsys.readouterr().err
+    assert (run / name).read_bytes() == (good / "demo.json").read_bytes()
+
+
+def test_init_checkpoint_inside_the_run_folder_is_not_cleared_away(
+    good: Path, unfinished: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = Path(shutil.copytree(unfinished, tmp_path / "run"))
+    args = args_of(run, good, "--overwrite", "--init_checkpoint", str(run / "best_model.pkl"))
+    assert train.main(args) == 1
+    assert "is an input of this run" in capsys.readouterr().err
+    assert (run / "best_model.pkl").is_file()
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("args.json", "[]"),
+        ("data.json", "[]"),
+        ("metrics.json", '{"epochs": 5}'),
+        ("data.json", '{"train": null, "val": 5}'),
+    ],
+)
+def test_run_files_of_the_wrong_shape_are_one_line(
+    name: str, content: str, good: Path, unfinished: Path, tmp_path: Path, capsys
+) -> None:
+    run = Path(shutil.copytree(unfinished, tmp_path / "run"))
+    (run / name).write_text(content)
+    before = snapshot(run)
+    assert train.main(args_of(run, good, "--resume")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and name in err, err
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("state", [[1, 2, 3], {"res.conv1.weight": torch.zeros(1)}])
+def test_a_resume_state_of_the_wrong_shape_is_refused_before_anything_changes(
+    state: object, good: Path, unfinished: Path, tmp_path: Path, capsys
+) -> None:
+    run = Path(shutil.copytree(unfinished, tmp_path / "run"))
+    torch.save(state, run / "resume_state.pt")
+    before = snapshot(run)
+    assert train.main(args_of(run, good, "--resume")) == 1
+    assert "is not a resume state written by train.py" in capsys.readouterr().err
+    assert snapshot(run) == before
+
+
+def test_without_data_json_a_resume_is_refused(
+    good: Path, unfinished: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = Path(shutil.copytree(unfinished, tmp_path / "run"))
+    (run / "data.json").unlink()
+    assert train.main(args_of(run, good, "--resume")) == 1
+    assert "data.json is missing" in capsys.readouterr().err
+
+
+def test_odd_file_names_and_kinds_in_the_metadata(data: Path, tmp_path: Path) -> None:
+    entries = read_json(data / "demo.json")
+    os.mkfifo(data / "images" / "fifo.jpg")  # opening it would wait forever
+    (data / "images" / "loop.jpg").symlink_to(data / "images" / "loop.jpg")
+    (data / "demo.json").write_text(json.dumps([
+        *entries, {"image": "images/fifo.jpg", "score": 1}, {"image": "images/loop.jpg", "score": 2}
+    ]))  # fmt: skip
+    err = _cli_error("-m", "hyperiqa.check_data", "--train_json", str(data / "demo.json"),
+                     "--dataset_root", str(data))  # fmt: skip
+    assert "fifo.jpg: not a regular file" in err and "loop.jpg: Too many levels" in err
+    (data / "nul.json").write_text(json.dumps([{"image": "a\u0000b.jpg", "score": 1}]))
+    with pytest.raises(UserError, match="contains a NUL character"):
+        load_samples(data / "nul.json", data)
+
+
+def test_a_val_split_that_holds_out_nothing_is_refused(good: Path, tmp_path: Path, capsys) -> None:
+    args = args_for(good, tmp_path / "run")
+    args[args.index("--val_split") + 1] = "0.01"
+    assert train.main(args) == 1
+    assert "val_split 0.01 of 6 images holds out no image" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_to_write_over_the_run_args_beside_the_checkpoint(
+    good: Path, unfinished: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = Path(shutil.copytree(unfinished, tmp_path / "run"))
+    before = (run / "args.json").read_bytes()
+    argv = ["--checkpoint", str(run / "best_model.pkl"), "--test_json", str(good / "demo.json"),
+            "--dataset_root", str(good), "--device", "cpu", "--output", str(run / "args.json")]  # fmt: skip
+    assert evaluate.main(argv) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert (run / "args.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args_json", "note"),
+    [
+        ("[1]", "not a run's args.json"),
+        ("{", "ignoring"),
+        ('{"resize": "abc"}', "resize 'abc'"),
+        ('{"resize": "10x10"}', "smaller than the 224-pixel crops"),
+        ('{"val_patch_num": -3}', "val_patch_num -3"),
+    ],
+)
+def test_odd_args_json_beside_a_checkpoint_is_noted_and_ignored(
+    args_json: str, note: str, unfinished: Path, tmp_path: Path
+) -> None:
+    from hyperiqa.evaluation import crop_settings
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    shutil.copy(unfinished / "best_model.pkl", folder)
+    (folder / "args.json").write_text(args_json)
+    notes: list[str] = []
+    assert crop_settings(folder / "best_model.pkl", echo=notes.append) == ((384, 512), 25)
+    assert any(note in n for n in notes), notes

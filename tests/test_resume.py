@@ -312,7 +312,7 @@ def test_resume_may_change_flags_that_do_not_change_results(
     data: Path, reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     # Same run, more workers, no data check: accepted, and refused only because it is complete.
-    run = copy_files(reference, tmp_path / "run", "args.json", "metrics.json")
+    run = copy_files(reference, tmp_path / "run", "args.json", "data.json", "metrics.json")
     extra = ("--resume", "--num_workers", "2", "--skip_check", "--save_all_epochs")
     assert train.main(three_epoch_args(data, run, *extra)) == 1
     err = capsys.readouterr().err
@@ -335,7 +335,8 @@ def test_unreadable_resume_state_is_a_clean_error(
     (run / RESUME).write_bytes(b"not a checkpoint")
     assert train.main(three_epoch_args(data, run, "--resume")) == 1
     err = capsys.readouterr().err
-    assert f"cannot read {run / RESUME}" in err and "--overwrite" in err
+    assert f"{run / RESUME} is not a resume state written by train.py" in err
+    assert "--overwrite" in err
     assert (run / RESUME).read_bytes() == b"not a checkpoint"
 
 
