@@ -225,6 +225,7 @@ class Scorer:
         patch_num: int | None = None,
         batch_size: int = 96,
     ) -> None:
+        _check_scorer_arguments(device, resize, patch_num, batch_size)
         self.rt = resolve_runtime(
             device=device, loader="pillow", num_workers=0, batch_size=batch_size
         )
@@ -296,6 +297,22 @@ def _as_rgb(image: object, i: int) -> Image.Image:
     raise UserError(
         f"image {i}: a path, PIL image, tensor or array was expected, got {type(image).__name__}"
     )
+
+
+def _check_scorer_arguments(
+    device: object, resize: object, patch_num: object, batch_size: object
+) -> None:
+    """The Scorer's own arguments, with one clear error each (its users are programs)."""
+    if device not in ("auto", "cuda", "cpu"):
+        raise UserError(f"device must be auto, cuda or cpu, got {device!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if patch_num is not None and (not isinstance(patch_num, int) or patch_num < 1):
+        raise UserError(f"patch_num must be a whole number >= 1, got {patch_num!r}")
+    if resize is not None and not _is_resize(resize):
+        raise UserError(
+            f"resize must be (height, width), each {PATCH_SIZE} to 4096, got {resize!r}"
+        )
 
 
 def _is_resize(value: object) -> bool:

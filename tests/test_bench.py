@@ -174,3 +174,21 @@ def test_quick_defaults_on_cpu(tmp_path):
     assert setup.batch_size == 16 and setup.seconds == 8.0
     assert len(setup.paths) == 7252 and setup.files == 2
     assert Path(setup.paths[3]) == Path(setup.paths[1])
+
+
+def test_bad_bench_flags_are_one_line(tmp_path):
+    base = [*TINY, "--data_dir", str(tmp_path / "data")]
+    proc = run_cli("bench/throughput.py", *base, "--only", "nonsense/")
+    assert proc.returncode == 1 and "--only 'nonsense/' matches no row" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    for flag, value in [("--worker_sweep", "a,b"), ("--seconds", "-5")]:
+        proc = run_cli("bench/throughput.py", *base, flag, value)
+        assert proc.returncode == 2 and f"argument {flag}" in proc.stderr, proc.stderr
+
+
+def test_bench_json_never_replaces_its_data_json(tmp_path):
+    data = tmp_path / "data.json"
+    data.write_text("[]")
+    proc = run_cli("bench/throughput.py", *TINY, "--data_json", str(data), "--json", str(data))
+    assert proc.returncode == 1 and "would overwrite the input --data_json" in proc.stderr
+    assert data.read_text() == "[]"

@@ -392,3 +392,8 @@ def test_summary_only_reads_folders_trained_elsewhere(tmp_path: Path) -> None:
     summary = read_json(tmp_path / "summary.json")
     assert summary["statistics"]["test"]["srcc"]["median"] == pytest.approx(0.85)
     assert "protocol" not in summary and "2 of 2 splits counted" in proc.stdout
+
+
+def test_a_seed_range_beyond_reason_is_refused() -> None:
+    with pytest.raises(ValueError, match="at most 1000 seeds"):
+        parse_seeds("0-100000000000")

@@ -137,3 +137,43 @@ def test_pip_install_gives_an_importable_library(tmp_path: Path) -> None:
                          cwd=tmp_path, env=env)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(str(target / "hyperiqa")) and "Scorer" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (Image.new("I;16", (8, 8)), "mode I;16 is deeper than 8 bits"),
+        (Image.new("F", (8, 8)), "mode F is deeper than 8 bits"),
+        (torch.full((3, 8, 8), 2.0), "a float tensor must hold values in [0, 1]"),
+        (torch.full((3, 8, 8), float("nan")), "a float tensor must hold values in [0, 1]"),
+        (torch.zeros(3, 8, 8, dtype=torch.int64), "expected uint8 or float values"),
+        (torch.zeros(3, 0, 0, dtype=torch.uint8), "empty"),
+    ],
+)
+def test_odd_inputs_are_refused_not_silently_scored(checkpoint: Path, bad, message: str) -> None:
+    scorer = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=1)
+    with pytest.raises(hyperiqa.UserError) as exc:
+        scorer.score([bad])
+    assert message in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"patch_num": -1}, "patch_num"),
+        ({"resize": "240x256"}, "resize"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_scorer_arguments_are_one_clear_error(
+    checkpoint: Path, kwargs: dict, message: str
+) -> None:
+    with pytest.raises(hyperiqa.UserError, match=message):
+        hyperiqa.Scorer(checkpoint, **kwargs)
+
+
+def test_a_single_path_is_one_image(checkpoint: Path, images: list[Path]) -> None:
+    scorer = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=1)
+    assert scorer.score(images[0]).shape == (1,)
+    assert scorer.score(images[0])[0] == scorer.score([images[0]])[0]
