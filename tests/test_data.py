@@ -215,7 +215,7 @@ def test_split_differs_by_seed() -> None:
     assert _names(split_samples(samples, 0.2, 1)[1]) != _names(split_samples(samples, 0.2, 2)[1])
 
 
-@pytest.mark.parametrize(("n", "val_split"), [(100, 0.1), (10, 0.25), (7, 0.5), (3, 0.2), (1, 0.3)])
+@pytest.mark.parametrize(("n", "val_split"), [(100, 0.1), (10, 0.25), (7, 0.5), (3, 0.2), (4, 0.15)])
 def test_split_disjoint_covering_and_sized(n: int, val_split: float) -> None:
     samples = _samples(n)
     train, val = split_samples(samples, val_split, seed=0)
@@ -227,6 +227,12 @@ def test_split_disjoint_covering_and_sized(n: int, val_split: float) -> None:
     order = {s.image: i for i, s in enumerate(samples)}
     assert [order[s.image] for s in train] == sorted(order[s.image] for s in train)
     assert [order[s.image] for s in val] == sorted(order[s.image] for s in val)
+
+
+def test_a_share_that_rounds_to_no_image_is_refused() -> None:
+    """--val_split 0.3 of one image (or 0.01 of 12) asks for validation and gets none."""
+    with pytest.raises(UserError, match="val_split 0.3 of 1 images holds out no image"):
+        split_samples(_samples(1), 0.3, seed=0)
 
 
 def test_split_zero_means_no_validation() -> None:
