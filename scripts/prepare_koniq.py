@@ -178,9 +178,11 @@ def load_scores(
         print(f"{PROG}: split: the official sets of {sets_path}")
         return scores, splits, column
     if not sets_path.is_file():
+        folders = [p.name for p in (scores_path, sets_path) if p.is_dir()]
         raise PrepareError(
             f"neither {SCORES_CSV} nor {SETS_CSV} found in --koniq_root {args.koniq_root} "
             "(KonIQ-10k's score files)"
+            + (f"; {' and '.join(folders)} is a folder, not a CSV file" if folders else "")
         )
     if args.score_column:
         raise PrepareError(

@@ -278,6 +278,8 @@ def claim_protocol(out: Path, settings: dict) -> None:
                 + "; use another --out for a new protocol"
             )
         return
+    if out.exists() and not out.is_dir():
+        raise ProtocolError(f"--out {out} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, (json.dumps(settings, indent=2) + "\n").encode())

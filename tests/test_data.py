@@ -215,7 +215,9 @@ def test_split_differs_by_seed() -> None:
     assert _names(split_samples(samples, 0.2, 1)[1]) != _names(split_samples(samples, 0.2, 2)[1])
 
 
-@pytest.mark.parametrize(("n", "val_split"), [(100, 0.1), (10, 0.25), (7, 0.5), (3, 0.2), (4, 0.15)])
+@pytest.mark.parametrize(
+    ("n", "val_split"), [(100, 0.1), (10, 0.25), (7, 0.5), (3, 0.2), (4, 0.15)]
+)
 def test_split_disjoint_covering_and_sized(n: int, val_split: float) -> None:
     samples = _samples(n)
     train, val = split_samples(samples, val_split, seed=0)
