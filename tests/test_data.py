@@ -233,7 +233,7 @@ def test_split_disjoint_covering_and_sized(n: int, val_split: float) -> None:
 
 def test_a_share_that_rounds_to_no_image_is_refused() -> None:
     """--val_split 0.3 of one image (or 0.01 of 12) asks for validation and gets none."""
-    with pytest.raises(UserError, match="val_split 0.3 of 1 images holds out no image"):
+    with pytest.raises(UserError, match=r"val_split 0\.3 of 1 images holds out no image"):
         split_samples(_samples(1), 0.3, seed=0)
 
 
