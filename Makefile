@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# Reinstall when requirements.txt changes; the stamp marks a complete install,
+# Reinstall when requirements.txt or pyproject.toml changes; the stamp marks a complete install,
 # so an interrupted one is redone rather than trusted.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

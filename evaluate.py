@@ -14,14 +14,13 @@ from pathlib import Path
 
 from hyperiqa.arg_types import HelpFormatter
 from hyperiqa.atomic import overwritten_input
-from hyperiqa.check_data import find_problems, problems_message
 from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.evaluation import score_files
 from hyperiqa.metrics import format_metric as fmt
 from hyperiqa.metrics import krcc, plcc, srcc
-from hyperiqa.run_folder import write_json_atomic
+from hyperiqa.run_folder import check_output_path, write_json_output
 from hyperiqa.stopping import report_interrupt
 
 
@@ -39,11 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args: argparse.Namespace) -> dict:
     samples = load_samples(args.test_json, args.dataset_root, require_files=False)
-    # Every image checked first, all problems listed at once (missing ones too),
-    # as train.py does: the loaders would otherwise see what the check refuses.
-    problems = find_problems([s.path for s in samples])
-    if problems:
-        raise UserError(problems_message(problems, len(samples)))
     pred = score_files(
         args.checkpoint,
         [s.path for s in samples],
@@ -72,14 +66,7 @@ def check_output(args: argparse.Namespace) -> None:
         source = overwritten_input(Path(args.output), inputs)
         if source is not None:
             raise UserError(f"--output {args.output} would overwrite the input {source}")
-
-
-def write_output(path: Path, result: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the folder of --output {path}: {e.strerror or e}") from None
-    write_json_atomic(path, result)
+        check_output_path(Path(args.output), "--output")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output(args)
         result = evaluate(args)
         if args.output:
-            write_output(Path(args.output), result)
+            write_json_output(Path(args.output), result, "--output")
     except USER_ERRORS as e:
         return report("evaluate.py", e)
     except KeyboardInterrupt:

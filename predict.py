@@ -18,9 +18,8 @@ from functools import partial
 from pathlib import Path
 
 from hyperiqa.arg_types import HelpFormatter
-from hyperiqa.check_data import find_problems, problems_message
 from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
-from hyperiqa.errors import USER_ERRORS, UserError, report
+from hyperiqa.errors import USER_ERRORS, report
 from hyperiqa.evaluation import score_files
 from hyperiqa.stopping import report_interrupt
 
@@ -38,10 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def predict(args: argparse.Namespace) -> list[tuple[str, float]]:
     paths = [Path(p) for p in args.images]
-    # Check every image first: a bad file is named here, not as a pipeline failure.
-    problems = find_problems(paths)
-    if problems:
-        raise UserError(problems_message(problems, len(paths)))
     scores = score_files(
         args.checkpoint,
         paths,

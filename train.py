@@ -73,8 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             train(cfg, argv, stop)
     except USER_ERRORS as e:
         return report("train.py", e)
-    except Interrupted:
-        if stop.requested is None:  # set-up had not finished: nothing was written
+    except Interrupted as stopped:
+        if not stopped.reported:  # stopped before the run folder was touched
             print("train.py: interrupted during setup, before any epoch ran", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
@@ -121,33 +121,36 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
         # once every rank has looked at the folder as it was).
         barrier(dist)
         if dist.is_main:
-            prepare_folder(run, cfg, start, data, sets.get(VAL))
+            with stop.deferred():  # a folder half prepared is not left behind by Ctrl-C
+                prepare_folder(run, cfg, start, data, sets.get(VAL))
 
         echo = (tqdm.write if cfg.progress else print) if dist.is_main else (lambda _line: None)
         board = Board(run.path) if cfg.tensorboard and dist.is_main else None
         with run_logger(run.file(LOG) if dist.is_main else None, echo=echo) as log:
-            trainer = Trainer(cfg, model, splits[TRAIN], splits.get(VAL), rt, stop)
-            trainer.on_step = board.step if board else None
             history = History()
-            if saved is not None:
-                trainer.restore(saved)
-                history = history_of(saved)
-                log.info(f"resuming {run.path} after epoch {history.epoch}")
-            elif start == "finish":
-                history = run.history()
-                log.info(f"resuming {run.path}: every epoch is done, scoring the test sets")
-            elif start == "start_over":
-                log.info(
-                    f"resuming {run.path} from the start: it stopped before or while saving "
-                    "epoch 1, so there is no resume state (epoch 1 is recomputed identically)"
-                )
-            else:
-                log.info(f"run folder: {run.path}")
-            for note in filter(None, notes):
-                log.info(note)
-            log.info(describe_run(cfg, splits))
-            main_run = run if dist.is_main else None
             try:
+                if stop.requested is not None:  # it came while the folder was prepared
+                    raise Interrupted
+                trainer = Trainer(cfg, model, splits[TRAIN], splits.get(VAL), rt, stop)
+                trainer.on_step = board.step if board else None
+                if saved is not None:
+                    trainer.restore(saved)
+                    history = history_of(saved)
+                    log.info(f"resuming {run.path} after epoch {history.epoch}")
+                elif start == "finish":
+                    history = run.history()
+                    log.info(f"resuming {run.path}: every epoch is done, scoring the test sets")
+                elif start == "start_over":
+                    log.info(
+                        f"resuming {run.path} from the start: it stopped before or while saving "
+                        "epoch 1, so there is no resume state (epoch 1 is recomputed identically)"
+                    )
+                else:
+                    log.info(f"run folder: {run.path}")
+                for note in filter(None, notes):
+                    log.info(note)
+                log.info(describe_run(cfg, splits))
+                main_run = run if dist.is_main else None
                 with stop.deferred():
                     for epoch in range(history.epoch + 1, cfg.epochs + 1):
                         row = trainer.run_epoch(epoch)
@@ -158,12 +161,17 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
                         if trainer.stop_agreed() and epoch < cfg.epochs:
                             raise Interrupted
                     score_held_out(run, trainer, history, splits, log, board)
-            except Interrupted:
+                history.completed = True
+                if main_run is not None:
+                    run.write_json(METRICS, history.metrics_json(cfg.epochs))
+                    run.remove(RESUME)
+            except Interrupted as stopped:
                 log.info(
                     f"stopped after epoch {history.epoch}; "
                     f"resume with: {run.resume_command(argv, cfg.world_size)}"
                     + (" (on every node, as launched)" if cfg.world_size > 1 else "")
                 )
+                stopped.reported = True
                 raise
             except WriteError as e:
                 # Every file is replaced atomically, so the earlier versions are
@@ -177,10 +185,6 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
                     split.loader.close()
                 if board:
                     board.close()
-            history.completed = True
-            if main_run is not None:
-                run.write_json(METRICS, history.metrics_json(cfg.epochs))
-                run.remove(RESUME)
             for line in final_report(cfg, run, history, has_val=VAL in splits):
                 log.info(line)
     return run.path

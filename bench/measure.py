@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hyperiqa.config import build_parser
 from hyperiqa.model import build_model
 from hyperiqa.runtime import Runtime
 from hyperiqa.trainer import TrainStep, make_optimizer
@@ -32,7 +33,7 @@ from pipelines.patches import PatchPlan, train_plan
 from procstat import RowMonitor
 
 SEED = 42
-# A default KonIQ-10k run: koniq_train.json (8,058 images) split 90/10.
+# A KonIQ-10k run on prepare_koniq.py's random split: 7,252 train, 806 val images.
 KONIQ_TRAIN_IMAGES = 7252
 KONIQ_VAL_IMAGES = 806
 KONIQ_EPOCHS = 16
@@ -40,7 +41,10 @@ KONIQ_EPOCHS = 16
 # the training speed in patches/s. An assumption, not a measurement.
 VAL_SPEEDUP = 3.0
 # Optimiser settings of a default run (train.py's defaults); they do not change speed.
-DEFAULT_LR, DEFAULT_LR_RATIO, DEFAULT_WEIGHT_DECAY = 2e-5, 10.0, 5e-4
+_TRAIN_DEFAULTS = build_parser()
+DEFAULT_LR, DEFAULT_LR_RATIO, DEFAULT_WEIGHT_DECAY = (
+    _TRAIN_DEFAULTS.get_default(name) for name in ("lr", "lr_ratio", "weight_decay")
+)
 
 
 @dataclass
@@ -136,6 +140,7 @@ class TrainConsumer:
         net = torch.compile(model) if setup.compile else model
         self.step = TrainStep(net, optimizer, setup.rt)
         self.targets = torch.tensor(setup.scores, dtype=torch.float32, device=setup.rt.device)
+        # Summed on the device as the trainer sums its epoch loss: the same per-step work.
         self.loss_sum = torch.zeros((), device=setup.rt.device)
         if not setup.rt.cuda and setup.warmup is None:
             # The first CPU steps are slow (allocator, oneDNN kernel setup): take

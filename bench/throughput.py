@@ -40,12 +40,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperiqa.arg_types import non_negative_int, positive_float, positive_int, resize_type
+from hyperiqa.arg_types import (
+    DEVICE_CHOICES,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    resize_type,
+)
 from hyperiqa.atomic import overwritten_input
 from hyperiqa.check_data import check_dataset
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
-from hyperiqa.run_folder import write_json_atomic
+from hyperiqa.run_folder import check_output_path, write_json_output
 from hyperiqa.runtime import resolve_runtime
 from measure import (
     KONIQ_EPOCHS,
@@ -81,12 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bench/throughput.py",
         description="Loader and end-to-end training throughput of HyperIQA, in one run.",
     )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--data_json", default=None, help="real metadata JSON (a list of image/score)")
     p.add_argument(
         "--dataset_root",
-        default=None,
-        help="image paths in --data_json are relative to it (default: the JSON's folder)",
+        default="../datasets/",
+        help="image paths in --data_json are relative to it (default: %(default)s, as train.py)",
     )
     p.add_argument(
         "--data_dir",
@@ -178,7 +184,7 @@ def generated_images(data_dir: Path, count: int, size: tuple[int, int]) -> list[
 def setup(args: argparse.Namespace) -> Setup:
     if args.images is None:
         args.images = 32 if args.quick else 128
-    device = "cpu" if args.device == "cpu" else args.device
+    device = args.device
     batch_size = args.batch_size or (
         16 if args.quick and (device == "cpu" or not torch.cuda.is_available()) else 96
     )
@@ -190,7 +196,7 @@ def setup(args: argparse.Namespace) -> Setup:
         cudnn_benchmark=args.cudnn_benchmark,
     )
     if args.data_json:
-        samples = load_samples(args.data_json, args.dataset_root or Path(args.data_json).parent)
+        samples = load_samples(args.data_json, args.dataset_root)
         files, scores = [s.path for s in samples], np.array([s.score for s in samples])
         check_dataset(files)  # a file DALI cannot decode would end its pipeline, or the process
     else:
@@ -407,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             and overwritten_input(Path(args.json), [Path(args.data_json)])
         ):
             raise UserError(f"--json {args.json} would overwrite the input --data_json")
-        if args.json and Path(args.json).is_dir():
-            raise UserError(f"--json {args.json} is a directory")
+        if args.json:
+            check_output_path(Path(args.json), "--json")
         s = setup(args)
         results = run_rows(s, row_plan(args, s.rt.cuda))
         for row in results:
@@ -418,19 +424,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(format_table(env, results))
         if args.json:
-            write_results(Path(args.json), {"env": env, "results": results, "notes": NOTES})
+            out = Path(args.json)
+            write_json_output(out, {"env": env, "results": results, "notes": NOTES}, "--json")
+            print(f"\nwrote {out}")
     except USER_ERRORS as e:
         return report("bench/throughput.py", e)
     return 0
-
-
-def write_results(out: Path, results: dict) -> None:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the folder of --json {out}: {e.strerror or e}") from None
-    write_json_atomic(out, results)
-    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,10 @@ def unit_interval(text: str) -> float:
     return value
 
 
+# --device and --loader of every tool. LOADER_CHOICES is pipelines.factory.LOADERS
+# plus "auto" (a test holds them together; importing the factory here would load torch).
+DEVICE_CHOICES = ("auto", "cuda", "cpu")
+LOADER_CHOICES = ("auto", "pillow", "dali")
 MAX_SIDE = 4096  # a resized side; far above any IQA training size, and 96 such images fit memory
 MAX_SEED = 2**64 - 1  # torch.manual_seed's range
 
@@ -124,7 +128,9 @@ class HelpFormatter(argparse.HelpFormatter):
         default = action.default
         if (
             action.required
-            or default in (None, False, True, [], argparse.SUPPRESS)
+            or default is None
+            or isinstance(default, bool)  # a switch (and 0 == False: test the type)
+            or default in ([], argparse.SUPPRESS)
             or "default" in text
         ):
             return text

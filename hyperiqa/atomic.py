@@ -103,7 +103,12 @@ def _keep_old(path: Path) -> Path | None:
     try:
         os.link(path, backup, follow_symlinks=False)
     except OSError:  # a file system without hard links: a copy restores it just as well
-        shutil.copy2(path, backup, follow_symlinks=False)
+        try:
+            shutil.copy2(path, backup, follow_symlinks=False)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(backup)  # no half copy left behind
+            raise
     return Path(backup)
 
 
@@ -129,7 +134,8 @@ def write_all_or_nothing(files: Mapping[Path, bytes]) -> None:
     as it was. The temp files are removed on any failure, Ctrl-C included.
 
     Raises GroupWriteError, whose message ends by saying that nothing was
-    replaced. A crash (power loss, SIGKILL) between two renames can still
+    replaced, or (when a restore failed too) which files hold the new version;
+    ValueError when one file is listed twice. A crash (power loss, SIGKILL) between two renames can still
     leave a mix; the window is a few system calls long.
     """
     paths = [Path(p) for p in files]
@@ -147,9 +153,15 @@ def write_all_or_nothing(files: Mapping[Path, bytes]) -> None:
         for path in paths:
             failed = path
             backups[path] = _keep_old(path)
-            os.replace(temps[path], path)
-            del temps[path]
+            # Listed before the rename, so a Ctrl-C landing just after it still
+            # undoes it (a signal is handled between bytecodes, never inside the call).
             renamed.append(path)
+            try:
+                os.replace(temps[path], path)
+            except OSError:
+                renamed.pop()  # it did not happen: nothing to undo
+                raise
+            del temps[path]
     except BaseException as exc:
         left_new = _roll_back(renamed, backups)
         # A backup whose restore failed is the only copy of the old version: kept.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from hyperiqa.arg_types import non_negative_int
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.run_log import bars_off
@@ -71,7 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train_json", required=True, help="metadata JSON to check")
     parser.add_argument("--dataset_root", default="../datasets/")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=len(os.sched_getaffinity(0)),  # the cores this process may use, not the host's
+        help="decode processes (default: the usable cores)",
+    )
     args = parser.parse_args(argv)
     try:
         samples = load_samples(args.train_json, args.dataset_root, require_files=False)

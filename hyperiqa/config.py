@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hyperiqa.arg_types import (
+    DEVICE_CHOICES,
+    LOADER_CHOICES,
     HelpFormatter,
     format_resize,
     fraction,
@@ -244,16 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     hw = p.add_argument_group("hardware")
     hw.add_argument(
         "--loader",
-        choices=["auto", "pillow", "dali"],
+        choices=LOADER_CHOICES,
         default="auto",
         help="auto: dali when CUDA and DALI are present, else pillow",
     )
-    hw.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    hw.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     hw.add_argument(
         "--num_workers",
         type=non_negative_int,
         default=None,
-        help="Pillow decode processes (default: CPU cores, at most 8)",
+        help="Pillow decode processes (default: 0 on the CPU, the usable cores up to 8 on a GPU)",
     )
     hw.add_argument(
         "--amp",
@@ -302,10 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
 # something, and cheap: forward only). They are parser defaults under --demo,
 # so flags typed explicitly still win.
 DEMO_ROOT = Path("../datasets/demo")
+# Not a parser default: --val_split and --val_json exclude each other, and a
+# default would make --demo --val_json look like both were typed.
+DEMO_VAL_SPLIT = 0.333
 DEMO_DEFAULTS = {
     "dataset_root": str(DEMO_ROOT),
     "train_json": str(DEMO_ROOT / "demo.json"),
-    "val_split": 0.333,
     "resize": (256, 320),
     "train_patch_num": 2,
     "val_patch_num": 1,
@@ -362,7 +366,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     if ns.val_json and ns.val_split is not None:
         parser.error("argument --val_split: not allowed with argument --val_json")
     if ns.val_split is None:
-        ns.val_split = 0.0 if ns.val_json else DEFAULT_VAL_SPLIT
+        ns.val_split = 0.0 if ns.val_json else DEMO_VAL_SPLIT if ns.demo else DEFAULT_VAL_SPLIT
     names = [named(text)[0] for text in ns.eval_json]
     for name in sorted({n for n in names if names.count(n) > 1}):
         parser.error(f"argument --eval_json: the name {name!r} is used twice")
@@ -400,9 +404,15 @@ def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
         "checkpoint, else 384x512)",
     )
     p.add_argument("--batch_size", type=positive_int, default=96, help="patches per forward pass")
-    p.add_argument("--loader", choices=["auto", "pillow", "dali"], default="auto")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    p.add_argument("--num_workers", type=non_negative_int, default=0)
+    p.add_argument("--loader", choices=LOADER_CHOICES, default="auto")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument(
+        "--num_workers",
+        type=non_negative_int,
+        default=None,
+        help="Pillow decode processes (default: as train.py: 0 on the CPU, the cores up to 8 "
+        "on a GPU)",
+    )
 
 
 # The scoring flags that hyperiqa.evaluation.score_files takes as keywords.

@@ -53,6 +53,8 @@ def read_metadata(json_path: Path) -> list:
         ) from None
     except RecursionError:
         raise UserError(f"metadata JSON {json_path} is nested too deeply to be a list") from None
+    except ValueError as e:  # e.g. an integer past Python's digit limit
+        raise UserError(f"malformed metadata JSON {json_path}: {e}") from None
     if not isinstance(entries, list):
         raise UserError(f"metadata JSON {json_path} must hold a list of entries")
     if not entries:

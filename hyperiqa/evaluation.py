@@ -21,7 +21,8 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from hyperiqa.arg_types import format_resize, resize_type
+from hyperiqa.arg_types import DEVICE_CHOICES, MAX_SIDE, format_resize, resize_type
+from hyperiqa.check_data import find_problems, problems_message
 from hyperiqa.errors import UserError
 from hyperiqa.metrics import per_image_mean
 from hyperiqa.model import HyperNet, ModelLoadError, load_hypernet
@@ -84,7 +85,7 @@ def _run_crops(
         return None, None  # no run beside the checkpoint: the defaults
     try:
         args = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8
         echo(f"note: ignoring {path}: {e}")
         return None, None
     if not isinstance(args, dict):
@@ -154,7 +155,6 @@ def score_images(
     progress: bool = False,
 ) -> np.ndarray:
     """One score per image file: the mean prediction over ``patch_num`` fixed crops."""
-    loader = make_loader(rt.loader, paths, rt.loader_settings(resize))
     plan = eval_plan(
         len(paths),
         seed=seed,
@@ -163,11 +163,24 @@ def score_images(
         resize=resize,
         window=EVAL_WINDOW,
     )
+    loader = make_loader(rt.loader, paths, rt.loader_settings(resize))
     try:
         pred, image_idx = predict_patches(model, loader, plan, rt, progress)
-        return per_image_mean(pred, image_idx, len(paths))
+        return check_finite(per_image_mean(pred, image_idx, len(paths)), paths)
     finally:
         loader.close()
+
+
+def check_finite(scores: np.ndarray, images: Sequence[object]) -> np.ndarray:
+    """``scores``, or a UserError when the model gave NaN/inf (weights that hold
+    them): such a number would pass for a score and break every JSON written."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        raise UserError(
+            f"the model gives no finite score for {len(bad)} of {len(scores)} images "
+            f"(first: {images[bad[0]]}); its weights may hold NaN or inf"
+        )
+    return scores
 
 
 def score_files(
@@ -176,7 +189,7 @@ def score_files(
     *,
     device: str = "auto",
     loader: str = "auto",
-    num_workers: int = 0,
+    num_workers: int | None = None,
     batch_size: int = 96,
     resize: tuple[int, int] | None = None,
     patch_num: int | None = None,
@@ -184,11 +197,19 @@ def score_files(
     echo: Callable[[str], None] = print,
     progress: bool = False,
 ) -> np.ndarray:
-    """Load ``checkpoint`` and score image files, deciding the runtime as train.py does."""
+    """Load ``checkpoint`` and score image files, deciding the runtime as train.py does.
+
+    The checkpoint is loaded first (a wrong one fails in a second), then every
+    image is checked, all problems listed at once, missing files too, as
+    train.py does: the loaders would otherwise meet what the check refuses.
+    """
     rt = resolve_runtime(
         device=device, loader=loader, num_workers=num_workers, batch_size=batch_size
     )
     model = load_checkpoint(checkpoint, rt)
+    problems = find_problems(paths, rt.num_workers, progress)
+    if problems:
+        raise UserError(problems_message(problems, len(paths)))
     echo(rt.loader_reason)
     resize, patch_num = crop_settings(checkpoint, resize, patch_num, echo)
     return score_images(
@@ -226,8 +247,13 @@ class Scorer:
         batch_size: int = 96,
     ) -> None:
         _check_scorer_arguments(device, resize, patch_num, batch_size)
+        # A library object keeps the caller's cudnn.benchmark (a process-wide switch).
         self.rt = resolve_runtime(
-            device=device, loader="pillow", num_workers=0, batch_size=batch_size
+            device=device,
+            loader="pillow",
+            num_workers=0,
+            batch_size=batch_size,
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
         )
         self.model = load_checkpoint(checkpoint, self.rt)
         self.resize, self.patch_num = crop_settings(
@@ -239,17 +265,32 @@ class Scorer:
         )
 
     def score(self, images: Iterable[object] | str | Path | Image.Image) -> np.ndarray:
-        """One score per image (higher = better quality); a single path or PIL
-        image gives an array of one."""
-        if isinstance(images, str | Path | Image.Image):
+        """One score per image (higher = better quality). A single path, PIL
+        image, ``[3, H, W]`` tensor or ``[H, W, 3]`` array gives an array of one."""
+        if _is_one_image(images):
             images = [images]
-        patches = [self._patches(image, i) for i, image in enumerate(images)]
-        if not patches:
+        # Cut and score a batch of images at a time: memory holds one batch of
+        # patches, not the whole list's (25 patches of 224x224 are 3.8 MB an image).
+        images_per_batch = max(1, self.rt.batch_per_rank // self.patch_num)
+        scores: list[np.ndarray] = []
+        pending: list[np.ndarray] = []
+        for i, image in enumerate(images):
+            pending.append(self._patches(image, i))
+            if len(pending) == images_per_batch:
+                scores.append(self._score_patches(pending))
+                pending = []
+        if pending:
+            scores.append(self._score_patches(pending))
+        if not scores:
             return np.zeros(0)
-        batches = torch.from_numpy(np.concatenate(patches)).split(self.rt.batch_per_rank)
+        result = np.concatenate(scores)
+        return check_finite(result, [f"image {i}" for i in range(len(result))])
+
+    def _score_patches(self, patches: list[np.ndarray]) -> np.ndarray:
+        """The mean prediction per image over its ``patch_num`` patches."""
         preds = []
         with torch.inference_mode():
-            for x in batches:
+            for x in torch.from_numpy(np.concatenate(patches)).split(self.rt.batch_per_rank):
                 x = normalize_uint8(x.to(self.rt.device), self.rt.input_dtype)
                 with self.rt.autocast():
                     preds.append(self.model(self.rt.prepare_input(x)).float().cpu())
@@ -261,6 +302,13 @@ class Scorer:
         plan = self.plan
         resized = resize_rgb(_as_rgb(image, i), self.resize)
         return cut_patches(resized, plan.tops[0], plan.lefts[0], plan.flips[0], PATCH_SIZE)
+
+
+def _is_one_image(images: object) -> bool:
+    """A path, PIL image or 3-D tensor/array is one image, not a list to iterate."""
+    if isinstance(images, str | Path | Image.Image):
+        return True
+    return isinstance(images, torch.Tensor | np.ndarray) and images.ndim == 3
 
 
 def _as_rgb(image: object, i: int) -> Image.Image:
@@ -303,7 +351,7 @@ def _check_scorer_arguments(
     device: object, resize: object, patch_num: object, batch_size: object
 ) -> None:
     """The Scorer's own arguments, with one clear error each (its users are programs)."""
-    if device not in ("auto", "cuda", "cpu"):
+    if device not in DEVICE_CHOICES:
         raise UserError(f"device must be auto, cuda or cpu, got {device!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
@@ -311,7 +359,7 @@ def _check_scorer_arguments(
         raise UserError(f"patch_num must be a whole number >= 1, got {patch_num!r}")
     if resize is not None and not _is_resize(resize):
         raise UserError(
-            f"resize must be (height, width), each {PATCH_SIZE} to 4096, got {resize!r}"
+            f"resize must be (height, width), each {PATCH_SIZE} to {MAX_SIDE}, got {resize!r}"
         )
 
 
@@ -319,5 +367,5 @@ def _is_resize(value: object) -> bool:
     return (
         isinstance(value, tuple | list)
         and len(value) == 2
-        and all(isinstance(v, int) and PATCH_SIZE <= v <= 4096 for v in value)
+        and all(isinstance(v, int) and PATCH_SIZE <= v <= MAX_SIDE for v in value)
     )

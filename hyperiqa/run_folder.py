@@ -1,10 +1,13 @@
 """The run folder: what a run writes, how it is read back, and how it resumes.
 
     args.json        every flag, resolved (the loader, device and amp used)
+    data.json        per set: metadata file, image root, count, fingerprint
+    val_images.json  the validation set, in the metadata format
     train.log        timestamped lines, also echoed to the console
-    metrics.json     {"epochs_planned", "completed", "best", "epochs": [...]}
+    metrics.json     {"epochs_planned", "completed", "best", "epochs": [...], "test", "eval"}
     best_model.pkl   HyperNet state_dict at the best val SRCC
     epoch_N.pkl      with --save_all_epochs
+    tensorboard/     with --tensorboard
     resume_state.pt  while unfinished: weights, optimizer, RNG, history
 
 Every file is written to a temporary name in the folder, flushed and renamed
@@ -91,7 +94,7 @@ class History:
 
 
 def _is_run_file(name: str) -> bool:
-    return name in (*RUN_MARKERS, LOG, DATA, VAL_IMAGES) or _is_result(name)
+    return name in (*RUN_MARKERS, LOG) or _is_result(name)
 
 
 def _is_result(name: str) -> bool:
@@ -115,6 +118,31 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 def write_json_atomic(path: Path, obj: Any) -> None:
     data = (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode()
     _atomic_write(path, lambda f: f.write(data))
+
+
+def check_output_path(path: Path, flag: str) -> None:
+    """Before the work: can ``path`` be written? (Not a folder; its nearest
+    existing ancestor a writable folder.) So a long evaluation or benchmark does
+    not end in "cannot write"."""
+    if path.is_dir():
+        raise WriteError(f"{flag} {path} is a directory")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise WriteError(f"cannot write {flag} {path}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write {flag} {path}: {ancestor} is not writable")
+
+
+def write_json_output(path: Path, obj: Any, flag: str) -> None:
+    """Write a tool's JSON output (``flag`` names the option that chose ``path``),
+    creating its folder; a folder that can't be made is one line naming the flag."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot create the folder of {flag} {path}: {e.strerror or e}") from None
+    write_json_atomic(path, obj)
 
 
 def _torch_save(obj: Any, f: IO[bytes]) -> None:
@@ -215,7 +243,7 @@ class RunFolder:
             value = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UserError(f"{path} is missing") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8
             raise UserError(f"cannot read {path}: {e}") from None
         if kind is not None and not isinstance(value, kind):
             what = {dict: "an object", list: "a list"}.get(kind, kind.__name__)
@@ -262,7 +290,10 @@ class RunFolder:
         except OSError as e:  # a name too long, a component that is a file, ...
             raise WriteError(f"cannot use run folder {self.path}: {e.strerror or e}") from None
         self.check_writable()
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:  # writable but not readable (mode 0300), ...
+            raise WriteError(f"cannot use run folder {self.path}: {e.strerror or e}") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

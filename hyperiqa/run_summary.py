@@ -121,6 +121,8 @@ def _read_json(path: Path) -> Any:
         raise RunFolderError(
             f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})"
         ) from None
+    except (ValueError, RecursionError) as exc:  # a number past the digit limit, deep nesting
+        raise RunFolderError(f"{path.name} is not usable JSON: {exc}") from None
 
 
 def _best_from_epochs(

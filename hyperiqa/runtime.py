@@ -81,7 +81,8 @@ class Runtime:
         may differ between runs, so CUDA runs are not bit-reproducible (cuDNN's
         backward pass already is not); --no_cudnn_benchmark turns it off.
         """
-        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        if self.device.type == "cuda":  # the CPU never reads it: leave the caller's value
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model on this runtime's device and layout; also applies the backend flags,

@@ -1,4 +1,4 @@
-"""The learning-rate schedule of the training guide, as a pure function."""
+"""The learning-rate schedule (two step decays, at epochs 7 and 9), as a pure function."""
 
 from __future__ import annotations
 

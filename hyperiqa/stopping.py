@@ -23,7 +23,10 @@ class Interrupted(BaseException):
     """SIGINT/SIGTERM arrived and the run stopped.
 
     A BaseException, like KeyboardInterrupt: code that treats any ``Exception``
-    as a bad file (the image check, say) must not swallow a stop."""
+    as a bad file (the image check, say) must not swallow a stop. ``reported``
+    is set once the run's log has said where it stopped and how to resume."""
+
+    reported = False
 
 
 class StopSignals:

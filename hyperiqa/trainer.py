@@ -1,5 +1,5 @@
 """One epoch of training and one pass of validation: L1 on raw scores, two Adam
-groups, the guide's learning-rate schedule.
+groups, the step learning-rate schedule of hyperiqa.schedule.
 
 ``train.py`` runs the epochs; this module does the work inside one. The loop
 never synchronises with the device per step: losses and predictions pile up on
@@ -303,9 +303,10 @@ def is_better(row: dict, best: dict | None, has_val: bool) -> bool:
 
 
 def format_epoch(row: dict, epochs: int) -> str:
+    speed = row["train_patches_per_s"]  # None when the epoch took no measurable time
     return (
         f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
         f"train_srcc {fmt(row['train_srcc'])}  val_srcc {fmt(row['val_srcc'])}  "
         f"val_plcc {fmt(row['val_plcc'])}  lr {row['lr_backbone']:.2e}/{row['lr_hypernet']:.2e}  "
-        f"{row['train_patches_per_s']} patches/s  {row['epoch_seconds']:.1f}s"
+        f"{'n/a' if speed is None else speed} patches/s  {row['epoch_seconds']:.1f}s"
     )

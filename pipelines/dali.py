@@ -363,9 +363,8 @@ class _WindowPipeline:
         the consuming stream's order -- an executor detail this code cannot
         check without a GPU -- while the copy is safe by ``copy_to_external``'s
         contract. It costs one device-to-device pass over the window (0.7 GB in
-        fp16 for 96 images x 25 patches: about half a millisecond at H100 memory
-        bandwidth, against the hundreds of milliseconds its 25 training steps take;
-        an estimate, not yet measured).
+        fp16 for 96 images x 25 patches: by H100 memory bandwidth, about half a
+        millisecond, against the hundreds of milliseconds its 25 training steps take).
         """
         n = len(output)
         p, s = self.key.patches_per_image, self.key.patch_size

@@ -2,5 +2,5 @@
 
 
 class LoaderError(Exception):
-    """An image a loader cannot use (missing, unreadable, undecodable); the
-    message is one line naming the file. Entry points print it without a traceback."""
+    """An image a loader cannot use (missing, unreadable, undecodable), or a
+    loader that cannot start; the message is one line naming the culprit. Entry points print it without a traceback."""

@@ -6,6 +6,7 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.errors import LoaderError
 from pipelines.loader import LoaderSettings, PatchLoader
 
 # Loaders a user can pick; "synthetic" (no files read) is the benchmark's ceiling.
@@ -33,8 +34,14 @@ def make_loader(kind: str, paths: Sequence[Path], settings: LoaderSettings) -> P
 
         return PillowLoader(paths, settings)
     if kind == "dali":
-        from pipelines.dali import DaliLoader
-
+        try:
+            from pipelines.dali import DaliLoader
+        except (ImportError, OSError) as e:
+            # Installed but unloadable: typically a DALI build for another CUDA.
+            raise LoaderError(
+                f"NVIDIA DALI is installed but does not load ({e}); install "
+                f"{DALI_PACKAGES} to match your driver, or use --loader pillow"
+            ) from None
         return DaliLoader(paths, settings)
     if kind == "synthetic":
         from pipelines.synthetic import SyntheticLoader

@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from pipelines.loader import LoaderSettings, PatchBatch
+from pipelines.loader import LoaderSettings, PatchBatch, plan_indices
 from pipelines.patches import PatchPlan
 
 POOL_BATCHES = 2  # distinct batches in the pool: enough that no step sees its input twice in a row
@@ -45,12 +44,8 @@ class SyntheticLoader:
 
     def batches(self, plan: PatchPlan) -> Iterator[PatchBatch]:
         batch_size, device = self.settings.batch_size, self.settings.device
-        p = plan.patches_per_image
         # The image of every patch in delivery order, as the real loaders deliver them.
-        image_idx = np.concatenate(
-            [np.repeat(plan.order[rows], p)[perm] for rows, perm in plan.windows()]
-            or [np.zeros(0, dtype=np.int64)]
-        )
+        image_idx = plan_indices(plan)[1]
         all_idx = torch.from_numpy(image_idx).to(device, non_blocking=True)
         for k, start in enumerate(range(0, len(image_idx), batch_size)):
             idx = all_idx[start : start + batch_size]

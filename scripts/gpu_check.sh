@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: does the DALI GPU path (mixed decoder, crops on the device, the
-# CUDA trainer) work on this machine? Built for a first run on a borrowed GPU:
+# CUDA trainer) work on this machine? Built for a first run on a GPU machine lent for a few minutes:
 # one call of under 10 minutes, every step under its own time limit, every
 # step's verdict in one summary, the results in at most 8 files under $OUT.
 #
@@ -43,7 +43,7 @@ set -uo pipefail
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 ROOT=$(dirname "$(dirname "$SELF")")
 
-# -- time limits: one device call is 10 minutes; the steps get 540 s of it -----------------
+# -- time limits: the whole check fits a 10-minute slot; the steps get 540 s of it
 STEPS=(preflight smoke tests bench train)
 declare -A LIMIT=([preflight]=40 [smoke]=60 [tests]=170 [bench]=140 [train]=105)
 KILL_GRACE=5   # after a step's limit: SIGTERM, then SIGKILL this much later

@@ -11,8 +11,8 @@ The demo dataset must teach a randomly initialised ResNet-50 within ~1,000
 training patches on 2 CPU cores. So its content is ``noise_scene`` (1/f texture
 everywhere: every crop shows how sharp and clean the image is), its distortions
 are strong blur and noise (level 1 is plainly bad at a glance), and its score is
-linear in the level. JPEG stays available to ``distort`` but is not in the demo:
-at this budget the network did not learn it (SRCC ~0 on JPEG copies).
+linear in the level. JPEG compression is not among them: at this budget the
+network did not learn it (SRCC ~0 on JPEG copies).
 Same seed, same bytes on one machine (numpy's ``Generator`` streams and
 Pillow's encoder are deterministic; FFT rounding could differ across machines).
 """
@@ -32,9 +32,11 @@ from PIL import Image, ImageFilter
 
 from hyperiqa.arg_types import non_negative_int, positive_int, resize_type
 from hyperiqa.atomic import write_bytes_atomic
+from hyperiqa.errors import UserError, report
+from hyperiqa.stopping import EXIT_INTERRUPTED
 
-DISTORTION_KINDS: tuple[str, ...] = ("blur", "noise", "jpeg")
-DEMO_KINDS: tuple[str, ...] = ("blur", "noise")  # see the module docstring for jpeg
+DISTORTION_KINDS: tuple[str, ...] = ("blur", "noise")  # no JPEG: see the module docstring
+PROG = "make_demo_dataset.py"
 DEMO_JSON_NAME = "demo.json"
 PRISTINE = "none"  # the "distortion" label of undistorted copies
 MIN_SIDE = 8  # the smallest image the painter accepts
@@ -55,7 +57,6 @@ DEMO_JPEG_QUALITY = 95  # the files' own encoding must not hide the distortions
 # Strength at level 1: plainly bad, still recognisable (as in LIVE or TID2013).
 MAX_BLUR_SIGMA = 4.0  # Gaussian blur, pixels
 MAX_NOISE_SD = 40.0  # additive noise, grey levels
-JPEG_QUALITY_AT_0, JPEG_QUALITY_AT_1 = 95, 5
 
 
 # -- Image synthesis -------------------------------------------------------------
@@ -223,21 +224,12 @@ def noise_scene(rng: np.random.Generator, height: int, width: int) -> Image.Imag
 # -- Distortions -----------------------------------------------------------------
 
 
-def jpeg_quality(level: float) -> int:
-    """JPEG quality for a level: quadratic, since damage grows fast only below ~30.
-
-    Rounding keeps it non-increasing in ``level`` (0.25 -> 56, 0.5 -> 28, 1 -> 5).
-    """
-    span = JPEG_QUALITY_AT_0 - JPEG_QUALITY_AT_1
-    return round(JPEG_QUALITY_AT_1 + span * (1.0 - level) ** 2)
-
-
 def distort(img: Image.Image, kind: str, level: float, rng: np.random.Generator) -> Image.Image:
     """Apply distortion ``kind`` at strength ``level`` in [0, 1]; level 0 returns a copy.
 
     blur: Gaussian, sigma ``MAX_BLUR_SIGMA * level``; noise: additive white
-    Gaussian, std ``MAX_NOISE_SD * level`` (drawn from ``rng``); jpeg:
-    re-encoded at ``jpeg_quality(level)``. Strength grows with the level.
+    Gaussian, std ``MAX_NOISE_SD * level`` (drawn from ``rng``). Strength
+    grows with the level.
     """
     if kind not in DISTORTION_KINDS:
         raise ValueError(f"unknown distortion kind {kind!r}; expected one of {DISTORTION_KINDS}")
@@ -249,12 +241,9 @@ def distort(img: Image.Image, kind: str, level: float, rng: np.random.Generator)
         return img.copy()
     if kind == "blur":
         return img.filter(ImageFilter.GaussianBlur(radius=MAX_BLUR_SIGMA * level))
-    if kind == "noise":
-        arr = np.asarray(img, dtype=np.float32)
-        arr = arr + np.float32(MAX_NOISE_SD * level) * rng.standard_normal(arr.shape, np.float32)
-        return Image.fromarray(np.clip(arr + 0.5, 0.0, 255.0).astype(np.uint8))
-    with Image.open(io.BytesIO(jpeg_bytes(img, jpeg_quality(level)))) as decoded:
-        return decoded.convert("RGB")
+    arr = np.asarray(img, dtype=np.float32)  # noise
+    arr = arr + np.float32(MAX_NOISE_SD * level) * rng.standard_normal(arr.shape, np.float32)
+    return Image.fromarray(np.clip(arr + 0.5, 0.0, 255.0).astype(np.uint8))
 
 
 # -- Files -----------------------------------------------------------------------
@@ -285,7 +274,7 @@ def demo_plan(num_images: int) -> list[tuple[int, str, float]]:
     for i in range(num_images):
         base, j = divmod(i, len(DEMO_LEVELS))
         level = DEMO_LEVELS[j]
-        kind = DEMO_KINDS[(base + j) % len(DEMO_KINDS)] if level > 0 else PRISTINE
+        kind = DISTORTION_KINDS[(base + j) % len(DISTORTION_KINDS)] if level > 0 else PRISTINE
         plan.append((base, kind, level))
     return plan
 
@@ -391,8 +380,9 @@ def _size(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: the demo dataset by default, benchmark JPEGs with --koniq_like."""
     parser = argparse.ArgumentParser(
+        prog=PROG,
         description="Write the synthetic demo IQA dataset (scores fall with distortion "
-        "strength), or with --koniq_like the benchmark's KonIQ-like JPEGs."
+        "strength), or with --koniq_like the benchmark's KonIQ-like JPEGs.",
     )
     parser.add_argument(
         "--out",
@@ -437,8 +427,12 @@ def main(argv: list[str] | None = None) -> int:
             json_path = write_demo_dataset(args.out, count, height, width, args.seed)
             where = f"{count} images to {json_path.parent / 'images'} and metadata to {json_path}"
     except OSError as err:
-        print(f"error: cannot write to {args.out}: {err}", file=sys.stderr)
-        return 1
+        return report(PROG, UserError(f"cannot write to {args.out}: {err}"))
+    except KeyboardInterrupt:
+        # Each file is written whole (atomically) and the metadata JSON last, so
+        # a rerun (or train.py --demo, which looks for the JSON) starts afresh.
+        print(f"{PROG}: interrupted; run it again to write the whole set", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"wrote {where} ({height}x{width}) in {time.perf_counter() - start:.1f} s")
     return 0
 

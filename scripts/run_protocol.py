@@ -268,7 +268,7 @@ def claim_protocol(out: Path, settings: dict) -> None:
     if path.is_file():
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise ProtocolError(f"cannot read {path}: {exc}") from None
         diffs = differences(saved, settings)
         if diffs:
@@ -358,6 +358,9 @@ class Children:
         # child already waited for is not signalled: its pid may belong to another.
         while self._child is not None and self._child.returncode is None and self._pending:
             signum = self._pending.pop(0)
+            # train.py stops at a safe point on SIGINT/SIGTERM; SIGHUP would kill it
+            # outright, so a closed terminal reaches it as SIGTERM.
+            signum = signal.SIGTERM if signum == signal.SIGHUP else signum
             with contextlib.suppress(ProcessLookupError):  # it has just ended
                 os.kill(self._child.pid, signum)
 

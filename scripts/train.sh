@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train HyperIQA with the guide's defaults; every flag is passed through to train.py.
+# Train HyperIQA with train.py's defaults; every flag is passed through to train.py.
 #   ./scripts/train.sh [--loader dali|pillow] [any train.py flag ...]
 #   ./scripts/train.sh --gpus 8 [...]   one process per GPU through torchrun (DDP);
 #                                       --batch_size stays the global batch

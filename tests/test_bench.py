@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from original_loader import OriginalSchemeLoader
 from pipelines.factory import dali_available, make_loader
 from pipelines.loader import LoaderSettings
 from pipelines.patches import train_plan
-from tests.conftest import run_cli
+from tests.conftest import make_dataset, run_cli
 
 ENV_KEYS = {
     "device",
@@ -192,3 +193,25 @@ def test_bench_json_never_replaces_its_data_json(tmp_path):
     proc = run_cli("bench/throughput.py", *TINY, "--data_json", str(data), "--json", str(data))
     assert proc.returncode == 1 and "would overwrite the input --data_json" in proc.stderr
     assert data.read_text() == "[]"
+
+
+def test_bench_reads_a_metadata_json_relative_to_dataset_root(tmp_path):
+    """Paths in a prepared JSON are relative to --dataset_root, as for train.py."""
+    root = tmp_path / "datasets"
+    make_dataset(root, 4, size=(240, 256))
+    metas = tmp_path / "metas"
+    metas.mkdir()
+    shutil.move(root / "demo.json", metas / "demo.json")  # the JSON lives apart from the images
+    proc = run_cli("bench/throughput.py", *TINY, "--only", "loader/pillow",
+                   "--data_json", str(metas / "demo.json"), "--dataset_root", str(root))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "loader/pillow" in proc.stdout
+
+
+def test_bench_refuses_an_unwritable_json_before_measuring(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_cli("bench/throughput.py", *TINY, "--json", str(blocker / "out.json"))
+    assert proc.returncode == 1
+    assert f"cannot write --json {blocker / 'out.json'}: {blocker} is not a folder" in proc.stderr
+    assert "loader/" not in proc.stdout  # nothing was measured first

@@ -1,17 +1,20 @@
-"""Tests for hyperiqa.config: defaults of the training guide, flag checks, demo
+"""Tests for hyperiqa.config: the training defaults (the original release's), flag checks, demo
 overrides and the run-folder name."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+from hyperiqa.arg_types import HelpFormatter
 from hyperiqa.config import (
     DEFAULT_CHECKPOINTS,
     DEMO_DEFAULTS,
+    DEMO_VAL_SPLIT,
     TrainConfig,
     build_parser,
     format_lr,
@@ -54,7 +57,7 @@ def defaults() -> TrainConfig:
         ("demo", False),
     ],
 )
-def test_training_guide_defaults(defaults: TrainConfig, field: str, expected) -> None:
+def test_training_defaults(defaults: TrainConfig, field: str, expected) -> None:
     assert getattr(defaults, field) == expected
     assert type(getattr(defaults, field)) is type(expected)
 
@@ -238,6 +241,12 @@ def test_demo_explicit_resize_and_lr_win() -> None:
     assert cfg.epochs == DEMO_DEFAULTS["epochs"]
 
 
+def test_demo_splits_a_third_for_validation_unless_val_json_is_given() -> None:
+    assert parse_args(["--demo"]).val_split == DEMO_VAL_SPLIT
+    cfg = parse_args(["--demo", "--val_json", "held_out.json"])
+    assert (cfg.val_json, cfg.val_split) == ("held_out.json", 0.0)
+
+
 def test_demo_explicit_value_equal_to_the_normal_default_wins() -> None:
     # --batch_size 96 is the normal default, but typed explicitly it must beat the demo's 16.
     assert parse_args(["--demo", "--batch_size", "96"]).batch_size == 96
@@ -343,3 +352,13 @@ def test_to_json_does_not_mutate_config() -> None:
     cfg = parse_args(["--resize", "256x320", "--patch_size", "224"])
     cfg.to_json()
     assert cfg.resize == (256, 320)
+
+
+def test_help_shows_a_zero_default() -> None:
+    """0 == False in Python: the help must still show an int default of 0."""
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    parser.add_argument("--workers", type=int, default=0, help="processes")
+    parser.add_argument("--fast", action="store_true", help="a switch")
+    text = parser.format_help()
+    assert "processes (default: 0)" in text
+    assert "a switch (default" not in text

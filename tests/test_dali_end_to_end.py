@@ -56,7 +56,7 @@ def test_evaluate_dali_and_pillow_agree(dataset: Path, tmp_path: Path) -> None:
     pillow = evaluate_with("pillow", checkpoint, dataset, tmp_path / "pillow.json", "cpu")
     a = np.array([p["prediction"] for p in dali["predictions"]])
     b = np.array([p["prediction"] for p in pillow["predictions"]])
-    # The tolerances. Measured here: max difference 2e-6 against a spread (std)
+    # Tolerances: differences under 5% of the spread, ranks agreeing. Measured here: max difference 2e-6 against a spread (std)
     # of 0.38, Spearman 1.0: the loaders feed the model the same patches.
     assert np.abs(a - b).max() < 0.05 * b.std()
     assert stats.spearmanr(a, b).statistic > 0.98

@@ -1,8 +1,7 @@
 """Tests for scripts/make_demo_dataset.py: the generator and its CLI (CPU, small sizes).
 
-The script is loaded from its path with ``importlib``: it is a script, not a
-package module, and this way the tests do not depend on ``scripts/`` being
-importable (no ``__init__.py``, no install).
+The script is loaded from its path with ``importlib``, as a script is run:
+the tests do not depend on how ``scripts/`` is imported.
 """
 
 from __future__ import annotations
@@ -143,13 +142,6 @@ def test_level_one_is_strong(base_image: Image.Image, kind: str) -> None:
     assert math.sqrt(_mse(base_image, worst)) > 10.0
 
 
-def test_jpeg_quality_falls_with_level() -> None:
-    qualities = [mdd.jpeg_quality(lv) for lv in np.linspace(0.0, 1.0, 41)]
-    assert qualities[0] == mdd.JPEG_QUALITY_AT_0
-    assert qualities[-1] == mdd.JPEG_QUALITY_AT_1
-    assert all(a >= b for a, b in itertools.pairwise(qualities))
-
-
 def test_distort_level_zero_is_a_copy(base_image: Image.Image) -> None:
     out = mdd.distort(base_image, "blur", 0.0, np.random.default_rng(0))
     assert out is not base_image
@@ -203,8 +195,8 @@ def test_demo_json_schema_and_files_decode(demo_root: Path, demo_entries: list[d
 
 def test_demo_covers_every_kind_and_level(demo_entries: list[dict]) -> None:
     pairs = {(e["distortion"], e["level"]) for e in demo_entries}
-    assert {(k, lv) for k in mdd.DEMO_KINDS for lv in LEVELS[1:]} <= pairs
-    assert {e["distortion"] for e in demo_entries} == {*mdd.DEMO_KINDS, "none"}
+    assert {(k, lv) for k in mdd.DISTORTION_KINDS for lv in LEVELS[1:]} <= pairs
+    assert {e["distortion"] for e in demo_entries} == {*mdd.DISTORTION_KINDS, "none"}
     assert {e["distortion"] for e in demo_entries if e["level"] == 0.0} == {"none"}
 
 
@@ -346,3 +338,23 @@ def test_cli_rejects_bad_num_images(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert exc.value.code != 0
     assert "--num_images" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_cli_errors_and_ctrl_c_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert mdd.main(["--out", str(blocker / "d"), "--num_images", "2", "--size", "40x56"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"make_demo_dataset.py: error: cannot write to {blocker / 'd'}: ")
+    assert len(err.splitlines()) == 1
+
+    def ctrl_c(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mdd, "write_demo_dataset", ctrl_c)
+    assert mdd.main(["--out", str(tmp_path / "d")]) == 130
+    assert capsys.readouterr().err == (
+        "make_demo_dataset.py: interrupted; run it again to write the whole set\n"
+    )

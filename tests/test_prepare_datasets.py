@@ -81,29 +81,41 @@ def test_group_write_failing_on_the_second_file_replaces_nothing(
     assert folder_state(out) == before  # old files byte-identical, no temp file left
 
 
-def test_group_write_failing_rename_rolls_back(
-    old_group: dict[Path, bytes], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("when", "nth", "error"),
+    [("before", 3, OSError(5, "Input/output error")), ("after", 2, KeyboardInterrupt())],
+)
+def test_group_write_failing_or_interrupted_rename_rolls_back(
+    old_group: dict[Path, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+    nth: int,
+    error: BaseException,
 ) -> None:
-    """The first two renames succeed, the third fails: the first two are undone."""
+    """The third rename fails, or a Ctrl-C lands just after the second (before the
+    loop has recorded it): every file renamed so far gets its old version back."""
     out = next(iter(old_group)).parent
     before = folder_state(out)
     real_replace = os.replace
     targets = []
 
-    def failing_third_rename(src, dst) -> None:
-        if Path(dst).name.startswith("a_") and Path(dst).name.endswith(".json"):
+    def replace(src, dst) -> None:
+        ours = Path(dst).name.startswith("a_") and Path(dst).name.endswith(".json")
+        if ours:
             targets.append(dst)
-            if len(targets) == 3:
-                raise OSError(5, "Input/output error")
+        if ours and when == "before" and len(targets) == nth:
+            raise error
         real_replace(src, dst)
+        if ours and when == "after" and len(targets) == nth:
+            raise error
 
-    monkeypatch.setattr(os, "replace", failing_third_rename)
-    with pytest.raises(GroupWriteError, match="nothing was replaced") as info:
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(type(error)) as info:
         write_all_or_nothing(old_group)
-    assert info.value.left_new == []
+    if isinstance(error, OSError):
+        assert "nothing was replaced" in str(info.value) and info.value.left_new == []
     monkeypatch.undo()
-    assert folder_state(out) == before
-    assert not (out / "a_val.json").exists()
+    assert folder_state(out) == before  # old bytes, no new file, no temp or backup left
 
 
 def test_group_write_interrupted_keeps_old_files(

@@ -346,6 +346,7 @@ def test_hostile_flags_and_files_are_one_line_each(good: Path, tmp_path: Path) -
     ("content", "message"),
     [
         ('[{"image": "a.jpg", "score": ' + "9" * 400 + "}]", "is too large"),
+        ('[{"image": "a.jpg", "score": ' + "9" * 5000 + "}]", "malformed metadata JSON"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
         ('[{"image": "' + "y" * 300 + '.jpg", "score": 1}]', "File name too long"),
     ],
@@ -423,7 +424,7 @@ def test_evaluate_checks_every_image_first(data: Path, unfinished: Path, capsys)
     assert "more than 8-bit image (mode I;16)" in err
 
 
-# -- found by the adversarial sweep ------------------------------------------------------------
+# -- hostile inputs beyond the first list --------------------------------------------------------------
 
 
 def test_a_run_killed_while_saving_epoch_1_resumes_from_the_start(

@@ -284,6 +284,31 @@ def test_ctrl_c_during_setup_is_one_line(
     assert capsys.readouterr().err == "train.py: interrupted during setup, before any epoch ran\n"
 
 
+def test_ctrl_c_while_the_folder_is_prepared_stops_with_a_resume_command(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder is prepared whole (the signal waits), then the run stops and says
+    how to resume; --resume then trains the run to its end."""
+    real_prepare = train.prepare_folder
+
+    def prepare_then_ctrl_c(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # lands in the middle of writing the folder
+        real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(train, "prepare_folder", prepare_then_ctrl_c)
+    run = tmp_path / "run"
+    args = three_epoch_args(data, run)
+    assert train.main(args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted during setup" not in err
+    log = (run / "train.log").read_text()
+    assert "stopped after epoch 0; resume with:" in log
+    assert (run / "args.json").is_file() and (run / "data.json").is_file()
+    monkeypatch.undo()
+    assert train.main([*args, "--resume"]) == 0
+    assert read_json(run / "metrics.json")["completed"] is True
+
+
 # -- refusals (in-process: they stop before any training) --------------------------------------
 
 

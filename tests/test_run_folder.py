@@ -19,6 +19,7 @@ from hyperiqa.run_folder import (
     epoch_checkpoint,
     save_torch_atomic,
     write_json_atomic,
+    write_json_output,
 )
 from hyperiqa.run_log import run_logger
 
@@ -47,6 +48,20 @@ def test_write_json_atomic_replaces(tmp_path: Path) -> None:
     write_json_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_write_json_output_creates_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "deeper" / "scores.json"
+    write_json_output(path, {"srcc": 0.9}, "--output")
+    assert json.loads(path.read_text()) == {"srcc": 0.9}
+
+
+def test_write_json_output_names_the_flag_when_its_folder_cannot_be_made(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(WriteError, match=r"^cannot create the folder of --json .*a_file/x\.json: "):
+        write_json_output(blocker / "x.json", {}, "--json")
+    assert blocker.read_text() == "not a folder"
 
 
 def test_write_json_rejects_nan_and_keeps_old(tmp_path: Path) -> None:
@@ -318,3 +333,24 @@ def test_atomic_files_follow_the_umask(tmp_path: Path) -> None:
         os.umask(old)
     mode = (tmp_path / "metrics.json").stat().st_mode & 0o777
     assert mode == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_folder_that_cannot_be_opened_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writable but not readable (mode 0300; root ignores modes, so the open is made to fail)."""
+    run = RunFolder(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    real_open = os.open
+
+    def refuse_directories(path, flags, *args):
+        if flags & os.O_DIRECTORY:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refuse_directories)
+    with (
+        pytest.raises(WriteError, match=r"cannot use run folder .*run: Permission denied"),
+        run.claim(),
+    ):
+        pass

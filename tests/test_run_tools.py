@@ -1,4 +1,4 @@
-"""hyperiqa/runs.py, scripts/plot_metrics.py and scripts/compare_runs.py on fake run folders."""
+"""hyperiqa/run_summary.py, scripts/plot_metrics.py and scripts/compare_runs.py on fake run folders."""
 
 from __future__ import annotations
 
@@ -143,6 +143,9 @@ def test_not_a_run(tmp_path: Path) -> None:
     (bad / "metrics.json").write_text("{not json")
     with pytest.raises(RunFolderError, match="not valid JSON"):
         load_run(bad)
+    (bad / "metrics.json").write_text('{"epochs_planned": ' + "9" * 5000 + "}")
+    with pytest.raises(RunFolderError, match=r"not usable JSON: .*digits"):
+        load_run(bad)  # past Python's integer digit limit: a ValueError, not a JSONDecodeError
 
 
 def test_find_runs(tmp_path: Path) -> None:

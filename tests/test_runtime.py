@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -9,6 +11,8 @@ from hyperiqa import runtime
 from hyperiqa.distributed import DistInfo
 from hyperiqa.errors import UserError
 from hyperiqa.runtime import choose_loader, per_rank_batch, resolve_device, resolve_runtime
+from pipelines.errors import LoaderError
+from pipelines.factory import make_loader
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
@@ -85,3 +89,18 @@ def test_global_batch_must_divide_over_ranks() -> None:
     assert per_rank_batch(96, DistInfo(rank=0, world_size=4)) == 24
     with pytest.raises(UserError, match="--batch_size 96 does not divide evenly over 5"):
         per_rank_batch(96, DistInfo(rank=0, world_size=5))
+
+
+def test_a_dali_that_does_not_load_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed for the wrong CUDA, DALI fails on import: a LoaderError, not a traceback."""
+    monkeypatch.setitem(sys.modules, "pipelines.dali", None)  # import raises ImportError
+    settings = resolve_runtime(device="cpu", batch_size=4).loader_settings((224, 224))
+    with pytest.raises(LoaderError, match=r"DALI is installed but does not load .*--loader pillow"):
+        make_loader("dali", [], settings)
+
+
+def test_the_loader_choices_are_the_factory_s_loaders_plus_auto() -> None:
+    from hyperiqa import arg_types
+    from pipelines.factory import LOADERS
+
+    assert ("auto", *LOADERS) == arg_types.LOADER_CHOICES

@@ -1,5 +1,5 @@
-"""Tests for hyperiqa.schedule and the trainer's optimizer set-up: the training
-guide's learning rates per epoch, two Adam groups, rates changed in place."""
+"""Tests for hyperiqa.schedule and the trainer's optimizer set-up: the
+learning rates per epoch, two Adam groups, rates changed in place."""
 
 from __future__ import annotations
 

@@ -177,3 +177,43 @@ def test_a_single_path_is_one_image(checkpoint: Path, images: list[Path]) -> Non
     scorer = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=1)
     assert scorer.score(images[0]).shape == (1,)
     assert scorer.score(images[0])[0] == scorer.score([images[0]])[0]
+
+
+def test_a_single_tensor_or_array_is_one_image(checkpoint: Path, images: list[Path]) -> None:
+    scorer = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=1)
+    array = np.array(Image.open(images[0]).convert("RGB"))
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    expected = scorer.score([images[0]])
+    for one in (array, tensor):
+        assert np.allclose(scorer.score(one), expected, atol=1e-6)
+
+
+def test_scores_stream_in_batches_in_order(checkpoint: Path, images: list[Path]) -> None:
+    """A batch smaller than the list: images are scored a batch at a time, in order."""
+    whole = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=3)
+    small = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=3, batch_size=4)
+    listed = [*images, images[0]]
+    scores = small.score(iter(listed))  # any iterable, consumed once
+    assert scores.shape == (4,)
+    assert np.allclose(scores, whole.score(listed), atol=1e-5)
+    assert scores[3] == pytest.approx(scores[0], abs=1e-6)
+
+
+def test_the_scorer_keeps_the_caller_s_cudnn_switch(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library object must not flip a process-wide switch its caller set."""
+    from hyperiqa import evaluation
+
+    asked = []
+    real = evaluation.resolve_runtime
+    monkeypatch.setattr(evaluation, "resolve_runtime", lambda **kw: asked.append(kw) or real(**kw))
+    before = torch.backends.cudnn.benchmark
+    try:
+        for caller_value in (True, False):
+            torch.backends.cudnn.benchmark = caller_value
+            hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=1)
+            assert asked[-1]["cudnn_benchmark"] is caller_value
+            assert torch.backends.cudnn.benchmark is caller_value
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -33,7 +33,7 @@ def finished_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -
     return run
 
 
-def test_run_folder_holds_exactly_the_guide_files(finished_run: Path) -> None:
+def test_run_folder_holds_exactly_the_documented_files(finished_run: Path) -> None:
     names = {p.name for p in finished_run.iterdir()}
     assert names == FINISHED_WITH_VAL
 
@@ -177,7 +177,29 @@ def test_evaluate_names_an_unwritable_output(
         "--output", str(blocker / "sub" / "out.json"),
     ]  # fmt: skip
     assert evaluate.main(argv) == 1
-    assert "--output" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert f"cannot write --output {blocker / 'sub' / 'out.json'}: {blocker} is not a folder" in err
+    assert "SRCC" not in out  # refused before scoring, not after
+    assert not (blocker.parent / "sub").exists()
+
+
+def test_a_checkpoint_giving_nan_is_one_line_not_a_broken_json(
+    finished_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    state = torch.load(finished_run / "best_model.pkl", weights_only=True)
+    nan = {k: v * float("nan") if v.is_floating_point() else v for k, v in state.items()}
+    checkpoint = tmp_path / "nan.pkl"
+    torch.save(nan, checkpoint)
+    out = tmp_path / "out.json"
+    argv = [
+        "--checkpoint", str(checkpoint),
+        "--test_json", str(tiny_dataset / "demo.json"), "--dataset_root", str(tiny_dataset),
+        "--resize", "240x256", "--patch_num", "1", "--device", "cpu", "--loader", "pillow",
+        "--output", str(out),
+    ]  # fmt: skip
+    assert evaluate.main(argv) == 1
+    assert "the model gives no finite score for 6 of 6 images" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_divergence_stops_cleanly_before_writing_the_epoch(
