@@ -13,14 +13,14 @@ from functools import partial
 from pathlib import Path
 
 from hyperiqa.arg_types import HelpFormatter
-from hyperiqa.atomic import overwritten_input
+from hyperiqa.atomic import check_output_path, overwritten_input
 from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
-from hyperiqa.data import load_samples
+from hyperiqa.data import Sample, load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.evaluation import score_files
 from hyperiqa.metrics import format_metric as fmt
 from hyperiqa.metrics import krcc, plcc, srcc
-from hyperiqa.run_folder import check_output_path, write_json_output
+from hyperiqa.run_folder import write_json_output
 from hyperiqa.stopping import report_interrupt
 
 
@@ -36,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate(args: argparse.Namespace) -> dict:
-    samples = load_samples(args.test_json, args.dataset_root, require_files=False)
+def evaluate(args: argparse.Namespace, samples: Sequence[Sample]) -> dict:
     pred = score_files(
         args.checkpoint,
         [s.path for s in samples],
@@ -58,12 +57,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     }
 
 
-def check_output(args: argparse.Namespace) -> None:
-    """--output must not replace what this run reads (a 110 MB model, say)."""
+def check_output(args: argparse.Namespace, samples: Sequence[Sample]) -> None:
+    """--output must not replace what this run reads (a 110 MB model, an image, ...)."""
     if args.output:
         checkpoint = Path(args.checkpoint)
         inputs = [checkpoint, Path(args.test_json), checkpoint.parent / "args.json"]
-        source = overwritten_input(Path(args.output), inputs)
+        source = overwritten_input(Path(args.output), [*inputs, *(s.path for s in samples)])
         if source is not None:
             raise UserError(f"--output {args.output} would overwrite the input {source}")
         check_output_path(Path(args.output), "--output")
@@ -72,8 +71,9 @@ def check_output(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_scoring_args(build_parser(), argv)
     try:
-        check_output(args)
-        result = evaluate(args)
+        samples = load_samples(args.test_json, args.dataset_root, require_files=False)
+        check_output(args, samples)
+        result = evaluate(args, samples)
         if args.output:
             write_json_output(Path(args.output), result, "--output")
     except USER_ERRORS as e:

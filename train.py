@@ -202,8 +202,8 @@ def ensure_demo_dataset(cfg: TrainConfig) -> str | None:
     root = Path(cfg.dataset_root)
     if Path(cfg.train_json) != root / DEMO_JSON_NAME:
         raise UserError(
-            f"--demo writes its dataset to --dataset_root ({root / DEMO_JSON_NAME}), "
-            f"but --train_json is {cfg.train_json}"
+            f"--train_json {cfg.train_json} not found; --demo generates its dataset as "
+            f"{root / DEMO_JSON_NAME} (in --dataset_root), so leave --train_json out"
         )
     try:
         write_demo_dataset(root)

@@ -43,15 +43,16 @@ import torch
 from hyperiqa.arg_types import (
     DEVICE_CHOICES,
     non_negative_int,
+    patch_count,
     positive_float,
     positive_int,
     resize_type,
 )
-from hyperiqa.atomic import overwritten_input
+from hyperiqa.atomic import check_output_path, overwritten_input
 from hyperiqa.check_data import check_dataset
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
-from hyperiqa.run_folder import check_output_path, write_json_output
+from hyperiqa.run_folder import write_json_output
 from hyperiqa.runtime import resolve_runtime
 from measure import (
     KONIQ_EPOCHS,
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="patches per batch (default 96; --quick on the CPU: 16)",
     )
-    p.add_argument("--patch_num", type=positive_int, default=25, help="patches per image per epoch")
+    p.add_argument("--patch_num", type=patch_count, default=25, help="patches per image per epoch")
     p.add_argument(
         "--seconds",
         type=positive_float,
@@ -201,6 +202,7 @@ def setup(args: argparse.Namespace) -> Setup:
         check_dataset(files)  # a file DALI cannot decode would end its pipeline, or the process
     else:
         files = generated_images(Path(args.data_dir), args.images, args.image_size)
+        check_dataset(files)  # reused from an earlier run: a damaged one is named here
         scores = np.random.default_rng(SEED).uniform(0.0, 100.0, len(files))
     n = max(len(files), args.epoch_images)
     return Setup(
@@ -378,7 +380,8 @@ def format_table(env: dict, results: list[dict]) -> str:
     lines = [*head, "", cols, "-" * len(cols)]
     for r in results:
         if r.get("skipped") or r.get("error"):
-            lines.append(f"{r['name']:<26} skipped: {r.get('skipped') or r.get('error')}")
+            what = "skipped" if r.get("skipped") else "FAILED"
+            lines.append(f"{r['name']:<26} {what}: {r.get('skipped') or r.get('error')}")
             continue
         base = {"train/synthetic": "synthetic", "loader/original": "original"}[r["ratio_to"]]
         ratio = f"{r['ratio']:.2f}x {base}" if r["ratio"] is not None else "-"
@@ -416,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             check_output_path(Path(args.json), "--json")
         s = setup(args)
+        if args.json and (image := overwritten_input(Path(args.json), s.paths[: s.files])):
+            raise UserError(f"--json {args.json} would overwrite the input image {image}")
         results = run_rows(s, row_plan(args, s.rt.cuda))
         for row in results:
             for key in RESULT_KEYS:
@@ -427,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.json)
             write_json_output(out, {"env": env, "results": results, "notes": NOTES}, "--json")
             print(f"\nwrote {out}")
+        failed = [r["name"] for r in results if r.get("error")]
+        if failed:  # a skipped row (no DALI, no GPU) is expected; a failed one is not
+            raise UserError(f"{len(failed)} rows failed (traceback above): {', '.join(failed)}")
     except USER_ERRORS as e:
         return report("bench/throughput.py", e)
     return 0

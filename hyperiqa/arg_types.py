@@ -10,29 +10,43 @@ from __future__ import annotations
 import argparse
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
@@ -40,7 +54,7 @@ def non_negative_float(text: str) -> float:
 
 def fraction(text: str) -> float:
     """A value in [0, 1): the share of images held out for validation."""
-    value = float(text)
+    value = _number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
@@ -48,17 +62,14 @@ def fraction(text: str) -> float:
 
 def open_fraction(text: str) -> float:
     """argparse type: a float strictly between 0 and 1 (a share of the images)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (both excluded)")
     return value
 
 
 def unit_interval(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
@@ -70,6 +81,17 @@ DEVICE_CHOICES = ("auto", "cuda", "cpu")
 LOADER_CHOICES = ("auto", "pillow", "dali")
 MAX_SIDE = 4096  # a resized side; far above any IQA training size, and 96 such images fit memory
 MAX_SEED = 2**64 - 1  # torch.manual_seed's range
+# Crops per image: the paper uses 25; ten times that is already far past the point
+# where more crops change a score, and every crop costs 150 KB in each batch window.
+MAX_PATCHES_PER_IMAGE = 250
+
+
+def patch_count(text: str) -> int:
+    """Crops per image: 1 to MAX_PATCHES_PER_IMAGE (a huge count would exhaust memory)."""
+    value = positive_int(text)
+    if value > MAX_PATCHES_PER_IMAGE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_PATCHES_PER_IMAGE}, got {value}")
+    return value
 
 
 def seed_type(text: str) -> int:

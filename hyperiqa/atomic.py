@@ -3,7 +3,9 @@
 A file is written to a temporary name in its folder, flushed to disk and
 renamed over the target: a crash, a Ctrl-C or a full disk leaves the previous
 version (or nothing), never half a file. write_all_or_nothing extends this to
-a group of files that belong together (the splits of one dataset). Torch-free,
+a group of files that belong together (the splits of one dataset);
+overwritten_input and check_output_path refuse a write before any work is
+done. Torch-free,
 so the light scripts (the dataset preparers, plot_metrics) use it without
 importing torch.
 """
@@ -17,6 +19,8 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
+
+from hyperiqa.errors import UserError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -213,3 +217,18 @@ def overwritten_input(output: Path, inputs: Sequence[Path]) -> Path | None:
         if same:
             return source
     return None
+
+
+def check_output_path(path: Path, flag: str) -> None:
+    """Before the work: can ``path`` be written? (Not a folder; its nearest
+    existing ancestor a writable folder.) So a long evaluation or benchmark does
+    not end in "cannot write"."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"cannot write {flag} {path}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {flag} {path}: {ancestor} is not writable")

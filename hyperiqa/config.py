@@ -21,6 +21,7 @@ from hyperiqa.arg_types import (
     named_type,
     non_negative_float,
     non_negative_int,
+    patch_count,
     patch_size_type,
     positive_float,
     positive_int,
@@ -162,10 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="side of the square crops (the architecture needs 224)",
     )
     data.add_argument(
-        "--train_patch_num", type=positive_int, default=25, help="crops per training image"
+        "--train_patch_num", type=patch_count, default=25, help="crops per training image"
     )
     data.add_argument(
-        "--val_patch_num", type=positive_int, default=25, help="crops per validation image"
+        "--val_patch_num", type=patch_count, default=25, help="crops per validation image"
     )
     data.add_argument(
         "--shuffle_window",
@@ -387,7 +388,7 @@ def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="HyperNet state_dict (best_model.pkl)")
     p.add_argument(
         "--patch_num",
-        type=positive_int,
+        type=patch_count,
         default=None,
         help="crops averaged per image (default: the run's val_patch_num from the args.json "
         "beside the checkpoint, else 25)",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperiqa.errors import UserError
+from hyperiqa.errors import JSON_ERRORS, UserError, json_problem
 from pipelines.images import file_problem
 
 SHOW = 5  # how many names a message lists before "and N more"
@@ -47,19 +47,18 @@ def read_metadata(json_path: Path) -> list:
         raise UserError(f"cannot read metadata JSON {json_path}: {e}") from None
     try:
         entries = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"malformed metadata JSON {json_path}: {e.msg} at line {e.lineno} column {e.colno}"
-        ) from None
-    except RecursionError:
-        raise UserError(f"metadata JSON {json_path} is nested too deeply to be a list") from None
-    except ValueError as e:  # e.g. an integer past Python's digit limit
-        raise UserError(f"malformed metadata JSON {json_path}: {e}") from None
+    except JSON_ERRORS as e:
+        raise UserError(f"malformed metadata JSON {json_path}: {json_problem(e)}") from None
     if not isinstance(entries, list):
         raise UserError(f"metadata JSON {json_path} must hold a list of entries")
     if not entries:
         raise UserError(f"metadata JSON {json_path} lists no images")
     return entries
+
+
+# Quality scales run 0-100 or 1-5 (z-scores, DMOS: similar); far beyond that a
+# score is a unit error, and near float's end the correlations overflow.
+MAX_ABS_SCORE = 1e9
 
 
 def _score(entry: dict, where: str) -> float:
@@ -74,6 +73,8 @@ def _score(entry: dict, where: str) -> float:
         raise UserError(f"{where}: score {str(score)[:20]}... is too large") from None
     if not math.isfinite(value):
         raise UserError(f"{where}: score {score} is not finite")
+    if abs(value) > MAX_ABS_SCORE:  # PLCC's sums overflow long before float's end
+        raise UserError(f"{where}: score {score:g} is out of range (at most {MAX_ABS_SCORE:g})")
     return value
 
 
@@ -101,7 +102,9 @@ def load_samples(
         if not isinstance(entry, dict):
             raise UserError(f"{where}: expected an object with 'image' and 'score'")
         image = entry.get("image")
-        if not isinstance(image, str) or not image:
+        if image is not None and not isinstance(image, str):
+            raise UserError(f"{where}: 'image' must be a file name, got {type(image).__name__}")
+        if not image:
             raise UserError(f"{where}: missing or empty 'image'")
         if "\0" in image:
             raise UserError(f"{where}: the image name {image!r} contains a NUL character")
@@ -110,6 +113,11 @@ def load_samples(
 
     # Report every unusable path at once: a user fixing paths wants the whole list.
     problems = [(s.path, p) for s in samples if (p := file_problem(s.path))]
+    relative = any(not Path(s.image).is_absolute() for s in samples)
+    if len(problems) == len(samples) and relative and not root.is_dir():
+        # Every image missing under a root that is not there: the root is the culprit.
+        why = "not found" if not root.exists() else "not a folder"
+        raise UserError(f"dataset root {root} ({why}) holds none of the images of {json_path}")
     if problems and require_files:
         listed = [f"{path} ({why})" for path, why in problems]
         raise UserError(

@@ -8,6 +8,7 @@ a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import json
 import sys
 
 from pipelines.errors import LoaderError
@@ -19,6 +20,22 @@ class UserError(Exception):
 
 # What the entry points catch and print as one line.
 USER_ERRORS = (UserError, LoaderError)
+
+
+def json_problem(error: BaseException) -> str:
+    """What is wrong with a JSON text, for a user, from what ``json.loads`` raised
+    (a JSONDecodeError, a RecursionError, or a ValueError for a huge integer)."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} (line {error.lineno}, column {error.colno})"
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    if isinstance(error, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return "a number has more than 4,300 digits"  # int's str-conversion limit
+
+
+# What json.loads (and reading the text as UTF-8) raises on a bad file.
+JSON_ERRORS = (ValueError, RecursionError)
 
 
 def report(prog: str, error: Exception) -> int:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -21,9 +23,15 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from hyperiqa.arg_types import DEVICE_CHOICES, MAX_SIDE, format_resize, resize_type
+from hyperiqa.arg_types import (
+    DEVICE_CHOICES,
+    MAX_PATCHES_PER_IMAGE,
+    MAX_SIDE,
+    format_resize,
+    resize_type,
+)
 from hyperiqa.check_data import find_problems, problems_message
-from hyperiqa.errors import UserError
+from hyperiqa.errors import JSON_ERRORS, UserError, json_problem
 from hyperiqa.metrics import per_image_mean
 from hyperiqa.model import HyperNet, ModelLoadError, load_hypernet
 from hyperiqa.run_log import bars_off
@@ -85,8 +93,11 @@ def _run_crops(
         return None, None  # no run beside the checkpoint: the defaults
     try:
         args = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8
-        echo(f"note: ignoring {path}: {e}")
+    except OSError as e:
+        echo(f"note: ignoring {path}: {e.strerror or e}")
+        return None, None
+    except JSON_ERRORS as e:  # bad JSON or bad UTF-8 (a ValueError too)
+        echo(f"note: ignoring {path}: {json_problem(e)}")
         return None, None
     if not isinstance(args, dict):
         echo(f"note: ignoring {path}: not a run's args.json")
@@ -246,13 +257,13 @@ class Scorer:
         patch_num: int | None = None,
         batch_size: int = 96,
     ) -> None:
-        _check_scorer_arguments(device, resize, patch_num, batch_size)
+        _check_scorer_arguments(checkpoint, device, resize, patch_num, batch_size)
         # A library object keeps the caller's cudnn.benchmark (a process-wide switch).
         self.rt = resolve_runtime(
             device=device,
             loader="pillow",
             num_workers=0,
-            batch_size=batch_size,
+            batch_size=int(batch_size),
             cudnn_benchmark=torch.backends.cudnn.benchmark,
         )
         self.model = load_checkpoint(checkpoint, self.rt)
@@ -269,6 +280,15 @@ class Scorer:
         image, ``[3, H, W]`` tensor or ``[H, W, 3]`` array gives an array of one."""
         if _is_one_image(images):
             images = [images]
+        elif (
+            not isinstance(images, Iterable)
+            or isinstance(images, bytes)
+            or (isinstance(images, torch.Tensor | np.ndarray) and images.ndim < 2)
+        ):
+            raise UserError(
+                "images must be a path, PIL image, tensor or array, or a list of them; "
+                f"got {type(images).__name__}"
+            )
         # Cut and score a batch of images at a time: memory holds one batch of
         # patches, not the whole list's (25 patches of 224x224 are 3.8 MB an image).
         images_per_batch = max(1, self.rt.batch_per_rank // self.patch_num)
@@ -305,15 +325,17 @@ class Scorer:
 
 
 def _is_one_image(images: object) -> bool:
-    """A path, PIL image or 3-D tensor/array is one image, not a list to iterate."""
-    if isinstance(images, str | Path | Image.Image):
+    """A path, PIL image or 2-D/3-D tensor/array is one image, not a list to iterate
+    (a 2-D one is then refused by name as grey, not read row by row)."""
+    if isinstance(images, str | os.PathLike | Image.Image):
         return True
-    return isinstance(images, torch.Tensor | np.ndarray) and images.ndim == 3
+    return isinstance(images, torch.Tensor | np.ndarray) and images.ndim in (2, 3)
 
 
 def _as_rgb(image: object, i: int) -> Image.Image:
     """An upright RGB PIL image from any input the Scorer takes; UserError names the bad one."""
-    if isinstance(image, str | Path):
+    if isinstance(image, str | os.PathLike):
+        image = Path(image)
         reason = check_image(image)
         if reason:
             raise UserError(f"image {image}: {reason}")
@@ -323,7 +345,10 @@ def _as_rgb(image: object, i: int) -> Image.Image:
             raise UserError(f"image {i}: mode {image.mode} is deeper than 8 bits; convert it first")
         if min(image.size) < 1:
             raise UserError(f"image {i}: empty ({image.size[0]}x{image.size[1]})")
-        return ImageOps.exif_transpose(image).convert("RGB")
+        try:  # a lazily opened image decodes here: a truncated or closed file fails now
+            return ImageOps.exif_transpose(image).convert("RGB")
+        except (OSError, ValueError) as e:
+            raise UserError(f"image {i}: cannot be read ({e})") from None
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise UserError(f"image {i}: expected a [3, H, W] tensor, got {list(image.shape)}")
@@ -347,16 +372,27 @@ def _as_rgb(image: object, i: int) -> Image.Image:
     )
 
 
+def _is_whole(value: object) -> bool:
+    """An integer (numpy's too), not a bool: True is not a batch size."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_scorer_arguments(
-    device: object, resize: object, patch_num: object, batch_size: object
+    checkpoint: object, device: object, resize: object, patch_num: object, batch_size: object
 ) -> None:
     """The Scorer's own arguments, with one clear error each (its users are programs)."""
+    if not isinstance(checkpoint, str | os.PathLike):
+        raise UserError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
     if device not in DEVICE_CHOICES:
         raise UserError(f"device must be auto, cuda or cpu, got {device!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not _is_whole(batch_size) or batch_size < 1:
         raise UserError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-    if patch_num is not None and (not isinstance(patch_num, int) or patch_num < 1):
-        raise UserError(f"patch_num must be a whole number >= 1, got {patch_num!r}")
+    if patch_num is not None and (
+        not _is_whole(patch_num) or not 1 <= patch_num <= MAX_PATCHES_PER_IMAGE
+    ):
+        raise UserError(
+            f"patch_num must be a whole number from 1 to {MAX_PATCHES_PER_IMAGE}, got {patch_num!r}"
+        )
     if resize is not None and not _is_resize(resize):
         raise UserError(
             f"resize must be (height, width), each {PATCH_SIZE} to {MAX_SIDE}, got {resize!r}"
@@ -367,5 +403,5 @@ def _is_resize(value: object) -> bool:
     return (
         isinstance(value, tuple | list)
         and len(value) == 2
-        and all(isinstance(v, int) and PATCH_SIZE <= v <= MAX_SIDE for v in value)
+        and all(_is_whole(v) and PATCH_SIZE <= v <= MAX_SIDE for v in value)
     )

@@ -362,12 +362,23 @@ def _read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
             f"{what} {path} is a training run's resume state, not a model: pass the run's "
             "best_model.pkl (or epoch_N.pkl), or continue that run with train.py --resume"
         )
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
+    if not isinstance(obj, Mapping):
         raise ModelLoadError(
             f"{what} {path} is not a state_dict (expected a mapping of names to tensors, "
             f"got {type(obj).__name__})"
+        )
+    odd = next(
+        (
+            (k, v)
+            for k, v in obj.items()
+            if not (isinstance(k, str) and isinstance(v, torch.Tensor))
+        ),
+        None,
+    )
+    if odd is not None:
+        raise ModelLoadError(
+            f"{what} {path} is not a state_dict: its entry {str(odd[0])[:60]!r} holds a "
+            f"{type(odd[1]).__name__}, not a tensor"
         )
     return dict(obj)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hyperiqa.atomic import temp_name_of, write_atomic
-from hyperiqa.errors import UserError
+from hyperiqa.errors import JSON_ERRORS, UserError, json_problem
 
 ARGS = "args.json"
 DATA = "data.json"
@@ -120,21 +120,6 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _atomic_write(path, lambda f: f.write(data))
 
 
-def check_output_path(path: Path, flag: str) -> None:
-    """Before the work: can ``path`` be written? (Not a folder; its nearest
-    existing ancestor a writable folder.) So a long evaluation or benchmark does
-    not end in "cannot write"."""
-    if path.is_dir():
-        raise WriteError(f"{flag} {path} is a directory")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise WriteError(f"cannot write {flag} {path}: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise WriteError(f"cannot write {flag} {path}: {ancestor} is not writable")
-
-
 def write_json_output(path: Path, obj: Any, flag: str) -> None:
     """Write a tool's JSON output (``flag`` names the option that chose ``path``),
     creating its folder; a folder that can't be made is one line naming the flag."""
@@ -202,11 +187,24 @@ class RunFolder:
                 )
 
     def refuse_existing(self) -> None:
-        if self.holds_run():
+        if not self.holds_run():
+            return
+        if self._is_complete():
             raise UserError(
-                f"{self.path} already holds a run; pass --resume to continue it or "
-                "--overwrite to replace it (or choose another --checkpoint_dir)"
+                f"{self.path} holds a finished run; pass --overwrite to replace it "
+                "or choose another --checkpoint_dir"
             )
+        raise UserError(
+            f"{self.path} already holds a run; pass --resume to continue it or "
+            "--overwrite to replace it (or choose another --checkpoint_dir)"
+        )
+
+    def _is_complete(self) -> bool:
+        """Does metrics.json say the run finished? (False when it can't be read.)"""
+        try:
+            return self.file(METRICS).is_file() and bool(self.metrics().get("completed"))
+        except UserError:
+            return False
 
     def _remove_where(self, matches: Callable[[str], bool]) -> None:
         try:
@@ -243,8 +241,10 @@ class RunFolder:
             value = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UserError(f"{path} is missing") from None
-        except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8
-            raise UserError(f"cannot read {path}: {e}") from None
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+        except JSON_ERRORS as e:  # bad JSON or bad UTF-8 (a ValueError too)
+            raise UserError(f"cannot read {path}: {json_problem(e)}") from None
         if kind is not None and not isinstance(value, kind):
             what = {dict: "an object", list: "a list"}.get(kind, kind.__name__)
             raise UserError(f"{path} is not {what}: not written by train.py")

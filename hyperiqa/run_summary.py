@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hyperiqa.errors import JSON_ERRORS, json_problem
 from hyperiqa.run_folder import ARGS, METRICS, RESUME
 
 
@@ -117,12 +118,8 @@ def _read_json(path: Path) -> Any:
         raise RunFolderError(f"{path.name} is not UTF-8 text") from None
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RunFolderError(
-            f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})"
-        ) from None
-    except (ValueError, RecursionError) as exc:  # a number past the digit limit, deep nesting
-        raise RunFolderError(f"{path.name} is not usable JSON: {exc}") from None
+    except JSON_ERRORS as exc:
+        raise RunFolderError(f"{path.name} is not valid JSON: {json_problem(exc)}") from None
 
 
 def _best_from_epochs(

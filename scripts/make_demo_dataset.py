@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -304,6 +305,12 @@ def write_demo_dataset(
     if height < MIN_SIDE or width < MIN_SIDE:
         raise ValueError(f"image size must be at least 8x8, got {height}x{width}")
     root = Path(root)
+    foreign = foreign_files(root / "images")
+    if foreign:  # a user's own dataset: the demo must not write into it
+        raise FileExistsError(
+            f"{root / 'images'} holds files the demo did not write ({foreign[0].name}, ...); "
+            "choose an empty or new folder"
+        )
     json_path = root / DEMO_JSON_NAME
     json_path.unlink(missing_ok=True)  # a stale JSON must not vouch for new files
     # Independent streams per purpose and per image: changing the score noise
@@ -326,6 +333,17 @@ def write_demo_dataset(
         entries.append(dict(image=name, score=score, base=base, distortion=kind, level=level))
     _write_file(json_path, (json.dumps(entries, indent=1) + "\n").encode("utf-8"))
     return json_path
+
+
+# A demo image (0000_b000_none_l000.jpg), or a temp file left by an interrupted write.
+DEMO_FILE = re.compile(r"\d{4}_b\d{3}_[a-z]+_l\d{3}\.jpg|\..+\.tmp")
+
+
+def foreign_files(folder: Path) -> list[Path]:
+    """Files in ``folder`` that an earlier (perhaps interrupted) demo did not write."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if not DEMO_FILE.fullmatch(p.name))
 
 
 def write_koniq_like_jpegs(

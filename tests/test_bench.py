@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -125,6 +126,41 @@ def test_missing_dali_skips_its_rows(tmp_path, monkeypatch, capsys):
     assert "DALI unavailable" in row["skipped"]
     assert row["patches_per_s"] is None and row["ratio"] is None
     assert "skipped" in capsys.readouterr().out
+
+
+def test_a_failing_row_fails_the_bench_after_the_others_ran(tmp_path, monkeypatch, capsys):
+    real_measure = measure.measure
+
+    def broken_pillow_row(setup, row, consumer):
+        if row.name == "loader/pillow":
+            raise RuntimeError("boom")
+        return real_measure(setup, row, consumer)
+
+    monkeypatch.setattr(measure, "measure", broken_pillow_row)
+    out = tmp_path / "out.json"
+    args = [*TINY, "--data_dir", str(tmp_path / "data"), "--only", "loader/"]
+    assert throughput.main([*args, "--json", str(out)]) == 1
+    rows = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["loader/pillow"]["error"] == "RuntimeError: boom"
+    assert rows["loader/original"]["patches_per_s"] > 0  # the other rows were measured
+    captured = capsys.readouterr()
+    assert re.search(r"^loader/pillow\s+FAILED: RuntimeError: boom$", captured.out, re.M)
+    assert captured.err.strip().endswith(
+        "bench/throughput.py: error: 1 rows failed (traceback above): loader/pillow"
+    )
+
+
+def test_bench_json_never_replaces_an_image_it_reads(tmp_path):
+    data = tmp_path / "data"
+    run_cli("bench/throughput.py", *TINY, "--data_dir", str(data), "--only", "loader/pillow")
+    (image, *_) = sorted(data.glob("*/*.jpg"))
+    before = image.read_bytes()
+    proc = run_cli("bench/throughput.py", *TINY, "--data_dir", str(data), "--json", str(image))
+    assert proc.returncode == 1 and "would overwrite the input image" in proc.stderr
+    assert image.read_bytes() == before
+    image.write_bytes(before[:500])  # a damaged file in the reused cache is named
+    proc = run_cli("bench/throughput.py", *TINY, "--data_dir", str(data), "--only", "loader/pillow")
+    assert proc.returncode == 1 and image.name in proc.stderr and "Traceback" not in proc.stderr
 
 
 SMALL = LoaderSettings(resize=(48, 64), batch_size=4, device=torch.device("cpu"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,30 @@ def test_split_is_pinned() -> None:
     # split of a given dataset and seed must never change silently.
     _, val = split_samples(_samples(20), 0.2, seed=42)
     assert _names(val) == ["7.jpg", "9.jpg", "14.jpg", "15.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"image": "a.jpg", "score": 1.7e308}, "score 1.7e+308 is out of range (at most 1e+09)"),
+        ({"image": "a.jpg", "score": -2e9}, "is out of range"),
+        ({"image": 5, "score": 1}, "'image' must be a file name, got int"),
+        ({"image": ["a.jpg"], "score": 1}, "'image' must be a file name, got list"),
+    ],
+)
+def test_odd_entries_are_named(tmp_path: Path, root: Path, entry: dict, message: str) -> None:
+    meta = _write_json(tmp_path / "meta.json", [entry])
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_samples(meta, root)
+
+
+@pytest.mark.parametrize("require_files", [True, False])
+def test_a_dataset_root_that_is_not_there_is_the_culprit(
+    tmp_path: Path, require_files: bool
+) -> None:
+    meta = _write_json(tmp_path / "meta.json", [{"image": "a.jpg", "score": 1}])
+    with pytest.raises(UserError, match=r"dataset root .*nowhere \(not found\) holds none"):
+        load_samples(meta, tmp_path / "nowhere", require_files=require_files)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match=r"dataset root .*file \(not a folder\)"):
+        load_samples(meta, tmp_path / "file", require_files=require_files)

@@ -358,3 +358,17 @@ def test_cli_errors_and_ctrl_c_are_one_line(
     assert capsys.readouterr().err == (
         "make_demo_dataset.py: interrupted; run it again to write the whole set\n"
     )
+
+
+def test_an_interrupted_demo_is_rewritten_but_foreign_files_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    mdd.write_demo_dataset(root, num_images=4, height=40, width=56)
+    (root / "demo.json").unlink()  # as a Ctrl-C before the JSON leaves it
+    (root / "images" / ".0003_b000_noise_l075.jpg.x1y2.tmp").write_bytes(b"half")
+    assert mdd.foreign_files(root / "images") == []
+    mdd.write_demo_dataset(root, num_images=4, height=40, width=56)
+    assert (root / "demo.json").is_file()
+    (root / "images" / "mine.png").write_bytes(b"a user's file")
+    with pytest.raises(FileExistsError, match=r"holds files the demo did not write \(mine\.png"):
+        mdd.write_demo_dataset(root, num_images=4, height=40, width=56)
+    assert (root / "demo.json").is_file()  # refused before anything changed

@@ -246,6 +246,11 @@ def test_backbone_path_errors(resnet50_state, tmp_path: Path) -> None:
     not_dict = _save([torch.zeros(1)], tmp_path / "list.pth")
     _assert_load_error(lambda: build_model(not_dict), not_dict, "not a state_dict")
 
+    odd_value = _save({"conv1.weight": [1, 2]}, tmp_path / "odd.pth")
+    _assert_load_error(
+        lambda: build_model(odd_value), odd_value, "'conv1.weight' holds a list, not a tensor"
+    )
+
     wrong_keys = _save({"foo.weight": torch.zeros(1)}, tmp_path / "keys.pth")
     _assert_load_error(lambda: build_model(wrong_keys), wrong_keys, "missing", "foo.weight")
 

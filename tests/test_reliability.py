@@ -209,7 +209,7 @@ def test_undefined_val_srcc_every_epoch_is_said(
 # -- 5. no tool writes over its own inputs -------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["checkpoint", "test_json"])
+@pytest.mark.parametrize("target", ["checkpoint", "test_json", "image"])
 def test_evaluate_refuses_to_write_over_its_inputs(
     target: str, good: Path, unfinished: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -217,7 +217,8 @@ def test_evaluate_refuses_to_write_over_its_inputs(
     shutil.copy(unfinished / "best_model.pkl", ckpt)
     test_json = tmp_path / "test.json"
     shutil.copy(good / "demo.json", test_json)
-    inputs = {"checkpoint": ckpt, "test_json": test_json}
+    image = good / read_json(test_json)[0]["image"]
+    inputs = {"checkpoint": ckpt, "test_json": test_json, "image": image}
     before = {k: p.read_bytes() for k, p in inputs.items()}
     argv = ["--checkpoint", str(ckpt), "--test_json", str(test_json), "--dataset_root", str(good),
             "--resize", "240x256", "--device", "cpu", "--output", str(inputs[target])]  # fmt: skip

@@ -182,6 +182,17 @@ def test_refuse_existing_names_both_flags_and_changes_nothing(tmp_path: Path) ->
     assert _listing(folder) == before
 
 
+def test_refuse_existing_does_not_offer_resume_for_a_finished_run(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"completed": True, "epochs": [{}]}))
+    with pytest.raises(UserError) as exc:
+        RunFolder(folder).refuse_existing()
+    message = str(exc.value)
+    assert "holds a finished run" in message and "--overwrite" in message
+    assert "--resume" not in message  # it would only answer "already complete"
+
+
 def test_refuse_existing_passes_on_empty_or_missing(tmp_path: Path) -> None:
     RunFolder(tmp_path / "missing").refuse_existing()
     assert not (tmp_path / "missing").exists()

@@ -217,3 +217,66 @@ def test_the_scorer_keeps_the_caller_s_cudnn_switch(
             assert torch.backends.cudnn.benchmark is caller_value
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (None, "got NoneType"),
+        (5, "got int"),
+        (b"/a.jpg", "got bytes"),
+        (np.array(5), "got ndarray"),
+        (torch.tensor(1.0), "got Tensor"),
+        (np.zeros((8, 8), np.uint8), "image 0: expected a uint8 [H, W, 3] array, got uint8 [8, 8]"),
+    ],
+)
+def test_what_is_not_images_is_one_clear_error(
+    checkpoint: Path, images: object, message: str
+) -> None:
+    scorer = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=1)
+    with pytest.raises(hyperiqa.UserError) as exc:
+        scorer.score(images)
+    assert message in str(exc.value)
+
+
+def test_path_like_objects_and_broken_pil_images(
+    checkpoint: Path, images: list[Path], tmp_path: Path
+) -> None:
+    class PathLike:
+        def __fspath__(self) -> str:
+            return str(images[0])
+
+    scorer = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=1)
+    assert np.allclose(scorer.score(PathLike()), scorer.score(images[0]))
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(images[0].read_bytes()[:2000])
+    lazy = Image.open(truncated)  # opened, not decoded: decoding fails later
+    with pytest.raises(hyperiqa.UserError, match=r"image 0: cannot be read"):
+        scorer.score([lazy])
+    closed = Image.open(images[0])
+    closed.close()
+    with pytest.raises(hyperiqa.UserError, match=r"image 0: cannot be read"):
+        scorer.score([closed])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"patch_num": True}, "patch_num"),
+        ({"patch_num": 10**12}, "from 1 to 250"),
+        ({"batch_size": True}, "batch_size"),
+    ],
+)
+def test_scorer_numbers_are_checked(checkpoint: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(hyperiqa.UserError, match=message):
+        hyperiqa.Scorer(checkpoint, device="cpu", **kwargs)
+
+
+def test_scorer_accepts_numpy_integers_and_refuses_a_non_path(checkpoint: Path) -> None:
+    scorer = hyperiqa.Scorer(
+        checkpoint, device="cpu", patch_num=np.int64(2), batch_size=np.int64(8)
+    )
+    assert scorer.patch_num == 2
+    for bad in (None, 5):
+        with pytest.raises(hyperiqa.UserError, match="checkpoint must be a path"):
+            hyperiqa.Scorer(bad, device="cpu")

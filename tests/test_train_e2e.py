@@ -94,7 +94,9 @@ def test_existing_run_is_refused_and_left_untouched(
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     assert train.main(tiny_train_args(tiny_dataset, run)) == 1
     err = capsys.readouterr().err
-    assert "--resume" in err and "--overwrite" in err and str(run) in err
+    # A finished run: only --overwrite (or another folder) helps; --resume would not.
+    assert "holds a finished run" in err and "--overwrite" in err and str(run) in err
+    assert "--resume" not in err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
@@ -234,7 +236,22 @@ def test_demo_refuses_a_json_it_would_not_write(
         str(tmp_path / "x.json"),
     ]
     assert train.main([*argv, "--checkpoint_dir", str(tmp_path / "run")]) == 1
-    assert "--demo writes its dataset to --dataset_root" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--train_json {tmp_path / 'x.json'} not found; --demo generates" in err
+
+
+def test_demo_does_not_write_into_a_user_s_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    images = tmp_path / "mine" / "images"
+    images.mkdir(parents=True)
+    (images / "holiday.jpg").write_bytes(b"precious")
+    argv = ["--demo", "--dataset_root", str(tmp_path / "mine")]
+    assert train.main([*argv, "--checkpoint_dir", str(tmp_path / "run")]) == 1
+    assert "holds files the demo did not write (holiday.jpg, ...)" in capsys.readouterr().err
+    assert sorted(p.name for p in images.iterdir()) == ["holiday.jpg"]
+    assert (images / "holiday.jpg").read_bytes() == b"precious"
+    assert not (tmp_path / "run").exists()
 
 
 def test_best_model_rules() -> None:
