@@ -127,7 +127,14 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
         echo = (tqdm.write if cfg.progress else print) if dist.is_main else (lambda _line: None)
         board = Board(run.path) if cfg.tensorboard and dist.is_main else None
         with run_logger(run.file(LOG) if dist.is_main else None, echo=echo) as log:
-            history = History()
+            # Known before the try: a stop anywhere in it names the right epoch.
+            history = (
+                history_of(saved)
+                if saved is not None
+                else run.history()
+                if start == "finish"
+                else History()
+            )
             try:
                 if stop.requested is not None:  # it came while the folder was prepared
                     raise Interrupted
@@ -135,10 +142,8 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
                 trainer.on_step = board.step if board else None
                 if saved is not None:
                     trainer.restore(saved)
-                    history = history_of(saved)
                     log.info(f"resuming {run.path} after epoch {history.epoch}")
                 elif start == "finish":
-                    history = run.history()
                     log.info(f"resuming {run.path}: every epoch is done, scoring the test sets")
                 elif start == "start_over":
                     log.info(
@@ -161,10 +166,15 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
                         if trainer.stop_agreed() and epoch < cfg.epochs:
                             raise Interrupted
                     score_held_out(run, trainer, history, splits, log, board)
-                history.completed = True
-                if main_run is not None:
-                    run.write_json(METRICS, history.metrics_json(cfg.epochs))
-                    run.remove(RESUME)
+                    # Still deferred: a stop now lets the run end. The resume state
+                    # goes first, so a kill between the two leaves a folder that
+                    # --resume finishes (scores the test sets, marks it complete).
+                    history.completed = True
+                    if main_run is not None:
+                        run.remove(RESUME)
+                        run.write_json(METRICS, history.metrics_json(cfg.epochs))
+                    for line in final_report(cfg, run, history, has_val=VAL in splits):
+                        log.info(line)
             except Interrupted as stopped:
                 log.info(
                     f"stopped after epoch {history.epoch}; "
@@ -185,8 +195,6 @@ def train(cfg: TrainConfig, argv: Sequence[str], stop: StopSignals) -> Path:
                     split.loader.close()
                 if board:
                     board.close()
-            for line in final_report(cfg, run, history, has_val=VAL in splits):
-                log.info(line)
     return run.path
 
 

@@ -47,6 +47,7 @@ from hyperiqa.arg_types import (
     positive_float,
     positive_int,
     resize_type,
+    usable_cores,
 )
 from hyperiqa.atomic import check_output_path, overwritten_input
 from hyperiqa.check_data import check_dataset
@@ -291,7 +292,7 @@ def environment(s: Setup, args: argparse.Namespace, load_start: tuple[float, ...
         dali_version = dali.__version__
     except ImportError:
         dali_version = None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     rt = s.rt
     return {
         "device": str(rt.device),

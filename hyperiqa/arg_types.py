@@ -8,6 +8,7 @@ Standard library only, so the light tools (the dataset preparers) use it too.
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def _whole(text: str) -> int:
@@ -92,6 +93,14 @@ def patch_count(text: str) -> int:
     if value > MAX_PATCHES_PER_IMAGE:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_PATCHES_PER_IMAGE}, got {value}")
     return value
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the OS has one),
+    not the host's: the default of every worker-count flag."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def seed_type(text: str) -> int:

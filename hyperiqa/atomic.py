@@ -167,6 +167,9 @@ def write_all_or_nothing(files: Mapping[Path, bytes]) -> None:
                 raise
             del temps[path]
     except BaseException as exc:
+        # A stop between listing a path and renaming it: its temp is still there,
+        # so the rename did not happen and there is nothing to undo.
+        renamed = [p for p in renamed if p not in temps or not os.path.lexists(temps[p])]
         left_new = _roll_back(renamed, backups)
         # A backup whose restore failed is the only copy of the old version: kept.
         spare = [b for p, b in backups.items() if b is not None and p not in left_new]

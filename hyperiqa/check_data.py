@@ -10,7 +10,6 @@ All problems are reported at once, each with its file name.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hyperiqa.arg_types import non_negative_int
+from hyperiqa.arg_types import non_negative_int, usable_cores
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.run_log import bars_off
@@ -75,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workers",
         type=non_negative_int,
-        default=len(os.sched_getaffinity(0)),  # the cores this process may use, not the host's
+        default=usable_cores(),
         help="decode processes (default: the usable cores)",
     )
     args = parser.parse_args(argv)

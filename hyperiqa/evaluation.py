@@ -280,11 +280,7 @@ class Scorer:
         image, ``[3, H, W]`` tensor or ``[H, W, 3]`` array gives an array of one."""
         if _is_one_image(images):
             images = [images]
-        elif (
-            not isinstance(images, Iterable)
-            or isinstance(images, bytes)
-            or (isinstance(images, torch.Tensor | np.ndarray) and images.ndim < 2)
-        ):
+        elif not isinstance(images, Iterable) or isinstance(images, bytes) or _is_numbers(images):
             raise UserError(
                 "images must be a path, PIL image, tensor or array, or a list of them; "
                 f"got {type(images).__name__}"
@@ -322,6 +318,13 @@ class Scorer:
         plan = self.plan
         resized = resize_rgb(_as_rgb(image, i), self.resize)
         return cut_patches(resized, plan.tops[0], plan.lefts[0], plan.flips[0], PATCH_SIZE)
+
+
+def _is_numbers(images: object) -> bool:
+    """A 0-d/1-d tensor or numeric array: no image in it (a 1-d array of paths is fine)."""
+    if isinstance(images, torch.Tensor):
+        return images.ndim < 2
+    return isinstance(images, np.ndarray) and (images.ndim == 0 or images.dtype.kind in "biufc")
 
 
 def _is_one_image(images: object) -> bool:

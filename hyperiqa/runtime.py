@@ -11,11 +11,11 @@ compute" has one answer in one file.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 
 import torch
 
+from hyperiqa.arg_types import usable_cores
 from hyperiqa.distributed import DistInfo
 from hyperiqa.errors import UserError
 from pipelines.factory import DALI_PACKAGES, dali_available
@@ -186,8 +186,7 @@ def default_workers(device: torch.device) -> int:
     """
     if device.type != "cuda":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(cores or 1, 8)
+    return min(usable_cores(), 8)
 
 
 def per_rank_batch(batch_size: int, dist: DistInfo) -> int:

@@ -336,7 +336,7 @@ def write_demo_dataset(
 
 
 # A demo image (0000_b000_none_l000.jpg), or a temp file left by an interrupted write.
-DEMO_FILE = re.compile(r"\d{4}_b\d{3}_[a-z]+_l\d{3}\.jpg|\..+\.tmp")
+DEMO_FILE = re.compile(r"\d{4,}_b\d{3,}_[a-z]+_l\d{3}\.jpg|\..+\.tmp")
 
 
 def foreign_files(folder: Path) -> list[Path]:

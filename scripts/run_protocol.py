@@ -64,6 +64,7 @@ from hyperiqa.arg_types import open_fraction, positive_int
 from hyperiqa.atomic import write_bytes_atomic
 from hyperiqa.config import SPEED_FLAGS
 from hyperiqa.config import parse_args as parse_train_args
+from hyperiqa.errors import JSON_ERRORS, json_problem
 from hyperiqa.protocol import format_summary, parse_seeds, summarize, write_summary
 from hyperiqa.run_folder import RunFolder, interpreter
 from hyperiqa.run_summary import RunFolderError, load_run
@@ -268,8 +269,10 @@ def claim_protocol(out: Path, settings: dict) -> None:
     if path.is_file():
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as exc:
-            raise ProtocolError(f"cannot read {path}: {exc}") from None
+        except OSError as exc:
+            raise ProtocolError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except JSON_ERRORS as exc:
+            raise ProtocolError(f"cannot read {path}: {json_problem(exc)}") from None
         diffs = differences(saved, settings)
         if diffs:
             raise ProtocolError(

@@ -366,6 +366,8 @@ def test_an_interrupted_demo_is_rewritten_but_foreign_files_are_refused(tmp_path
     (root / "demo.json").unlink()  # as a Ctrl-C before the JSON leaves it
     (root / "images" / ".0003_b000_noise_l075.jpg.x1y2.tmp").write_bytes(b"half")
     assert mdd.foreign_files(root / "images") == []
+    (root / "images" / "5999_b1199_noise_l100.jpg").write_bytes(b"")  # a large demo's name
+    assert mdd.foreign_files(root / "images") == []
     mdd.write_demo_dataset(root, num_images=4, height=40, width=56)
     assert (root / "demo.json").is_file()
     (root / "images" / "mine.png").write_bytes(b"a user's file")

@@ -83,7 +83,11 @@ def test_group_write_failing_on_the_second_file_replaces_nothing(
 
 @pytest.mark.parametrize(
     ("when", "nth", "error"),
-    [("before", 3, OSError(5, "Input/output error")), ("after", 2, KeyboardInterrupt())],
+    [
+        ("before", 3, OSError(5, "Input/output error")),
+        ("before", 3, KeyboardInterrupt()),  # listed for rollback, not yet renamed
+        ("after", 2, KeyboardInterrupt()),  # renamed, not yet recorded
+    ],
 )
 def test_group_write_failing_or_interrupted_rename_rolls_back(
     old_group: dict[Path, bytes],
@@ -92,8 +96,8 @@ def test_group_write_failing_or_interrupted_rename_rolls_back(
     nth: int,
     error: BaseException,
 ) -> None:
-    """The third rename fails, or a Ctrl-C lands just after the second (before the
-    loop has recorded it): every file renamed so far gets its old version back."""
+    """A rename fails, or a Ctrl-C lands just before or just after one: every file
+    renamed so far gets its old version back, and no temp or backup is left."""
     out = next(iter(old_group)).parent
     before = folder_state(out)
     real_replace = os.replace

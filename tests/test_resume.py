@@ -305,8 +305,39 @@ def test_ctrl_c_while_the_folder_is_prepared_stops_with_a_resume_command(
     assert "stopped after epoch 0; resume with:" in log
     assert (run / "args.json").is_file() and (run / "data.json").is_file()
     monkeypatch.undo()
+
+    # Resumed, then stopped in epoch 2 (at its next step: epoch 1 is the last one done).
+    real_epoch = train.Trainer.run_epoch
+
+    def ctrl_c_in_epoch_2(self, epoch: int) -> dict:
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(train.Trainer, "run_epoch", ctrl_c_in_epoch_2)
+    assert train.main([*args, "--resume"]) == 130
+    monkeypatch.undo()
+    # Resumed again and stopped while the folder is prepared: the log names epoch 1,
+    # not the 0 of a fresh history.
+    monkeypatch.setattr(train, "prepare_folder", prepare_then_ctrl_c)
+    assert train.main([*args, "--resume"]) == 130
+    monkeypatch.undo()
+    log = (run / "train.log").read_text()
+    stops = [line for line in log.splitlines() if "stopped after epoch " in line]
+    # (the log restarts with the run when it starts over from no resume state)
+    assert [line.split("stopped after epoch ")[1][:2] for line in stops[-2:]] == ["1;", "1;"]
+
+    # A Ctrl-C during the final write lets the run end: complete, no resume state left.
+    real_remove = train.RunFolder.remove
+
+    def ctrl_c_then_remove(self, name: str) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        real_remove(self, name)
+
+    monkeypatch.setattr(train.RunFolder, "remove", ctrl_c_then_remove)
     assert train.main([*args, "--resume"]) == 0
     assert read_json(run / "metrics.json")["completed"] is True
+    assert not (run / "resume_state.pt").exists()
 
 
 # -- refusals (in-process: they stop before any training) --------------------------------------

@@ -188,15 +188,34 @@ def test_a_single_tensor_or_array_is_one_image(checkpoint: Path, images: list[Pa
         assert np.allclose(scorer.score(one), expected, atol=1e-6)
 
 
-def test_scores_stream_in_batches_in_order(checkpoint: Path, images: list[Path]) -> None:
+def test_scores_stream_in_batches_in_order(
+    checkpoint: Path, images: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A batch smaller than the list: images are scored a batch at a time, in order."""
     whole = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=3)
-    small = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=3, batch_size=4)
-    listed = [*images, images[0]]
+    small = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=3, batch_size=6)
+    listed = [*images, images[0], images[1]]  # 5 images, 2 per batch of 6 patches
+    batches = []
+    real = type(small)._score_patches
+
+    def recorded(self, patches):
+        batches.append(len(patches))
+        return real(self, patches)
+
+    monkeypatch.setattr(type(small), "_score_patches", recorded)
     scores = small.score(iter(listed))  # any iterable, consumed once
-    assert scores.shape == (4,)
+    assert batches == [2, 2, 1]  # never more than a batch of patches held at once
+    assert scores.shape == (5,)
+    monkeypatch.undo()
     assert np.allclose(scores, whole.score(listed), atol=1e-5)
     assert scores[3] == pytest.approx(scores[0], abs=1e-6)
+    assert small.score([]).shape == (0,)
+
+
+def test_a_1d_array_of_paths_is_a_list(checkpoint: Path, images: list[Path]) -> None:
+    scorer = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=1)
+    paths = np.array([str(p) for p in images[:2]])
+    assert np.allclose(scorer.score(paths), scorer.score(images[:2]))
 
 
 def test_the_scorer_keeps_the_caller_s_cudnn_switch(
