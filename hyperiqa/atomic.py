@@ -212,10 +212,12 @@ def overwritten_input(output: Path, inputs: Sequence[Path]) -> Path | None:
     """The input that writing ``output`` would replace (the same path, or the
     same file through a symlink or a hard link), or None. No tool writes over
     what it reads."""
+    # The output's side once: evaluate.py checks it against every image it reads.
+    real_output, output_exists = os.path.realpath(output), Path(output).exists()
     for source in inputs:
         source = Path(source)
-        same = os.path.realpath(output) == os.path.realpath(source)
-        if not same and Path(output).exists() and source.exists():
+        same = real_output == os.path.realpath(source)
+        if not same and output_exists and source.exists():
             same = os.path.samefile(output, source)
         if same:
             return source

@@ -112,7 +112,7 @@ def _run_crops(
         resize = None
     value = args.get("val_patch_num")
     if value is not None:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        if _is_whole(value) and value >= 1:
             patches = value
         else:
             echo(f"note: ignoring the val_patch_num {value!r} of {path}")
@@ -182,14 +182,16 @@ def score_images(
         loader.close()
 
 
-def check_finite(scores: np.ndarray, images: Sequence[object]) -> np.ndarray:
+def check_finite(scores: np.ndarray, images: Sequence[object] | None = None) -> np.ndarray:
     """``scores``, or a UserError when the model gave NaN/inf (weights that hold
-    them): such a number would pass for a score and break every JSON written."""
+    them): such a number would pass for a score and break every JSON written.
+    Without ``images``, the first bad one is named by its index."""
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
+        first = f"image {bad[0]}" if images is None else images[bad[0]]
         raise UserError(
             f"the model gives no finite score for {len(bad)} of {len(scores)} images "
-            f"(first: {images[bad[0]]}); its weights may hold NaN or inf"
+            f"(first: {first}); its weights may hold NaN or inf"
         )
     return scores
 
@@ -299,8 +301,7 @@ class Scorer:
             scores.append(self._score_patches(pending))
         if not scores:
             return np.zeros(0)
-        result = np.concatenate(scores)
-        return check_finite(result, [f"image {i}" for i in range(len(result))])
+        return check_finite(np.concatenate(scores))
 
     def _score_patches(self, patches: list[np.ndarray]) -> np.ndarray:
         """The mean prediction per image over its ``patch_num`` patches."""
