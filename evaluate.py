@@ -7,20 +7,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 from hyperiqa.arg_types import HelpFormatter
-from hyperiqa.atomic import check_output_path, overwritten_input
-from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
+from hyperiqa.atomic import check_output_path, overwritten_input, write_json_output
+from hyperiqa.config import (
+    DEFAULT_DATASET_ROOT,
+    add_scoring_flags,
+    parse_scoring_args,
+    scoring_options,
+)
 from hyperiqa.data import Sample, load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
-from hyperiqa.evaluation import score_files
-from hyperiqa.metrics import format_metric as fmt
-from hyperiqa.metrics import krcc, plcc, srcc
-from hyperiqa.run_folder import write_json_output
+from hyperiqa.history import format_correlation as fmt
+from hyperiqa.scorer import run_dataset_root, score_files
+from hyperiqa.scoring import correlations
 from hyperiqa.stopping import report_interrupt
 
 
@@ -30,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--test_json", required=True, help="metadata JSON: a list of {image, score}")
-    p.add_argument("--dataset_root", default="../datasets/")
+    p.add_argument(
+        "--dataset_root",
+        default=None,
+        help="image paths are relative to this (default: for a run's own val_images.json "
+        f"the run's --dataset_root, else {DEFAULT_DATASET_ROOT})",
+    )
     p.add_argument("--output", default=None, help="write the results as JSON here")
     add_scoring_flags(p)
     return p
@@ -44,14 +54,11 @@ def evaluate(args: argparse.Namespace, samples: Sequence[Sample]) -> dict:
         progress=sys.stderr.isatty(),
         **scoring_options(args),
     )
-    target = [s.score for s in samples]
+    result = correlations(pred, [s.label for s in samples])
     return {
-        "srcc": srcc(pred, target),
-        "plcc": plcc(pred, target),
-        "krcc": krcc(pred, target),
-        "num_images": len(samples),
+        **dataclasses.asdict(result),
         "predictions": [
-            {"image": s.image, "score": s.score, "prediction": float(p)}
+            {"image": s.image, "score": s.label, "prediction": float(p)}
             for s, p in zip(samples, pred, strict=True)
         ],
     }
@@ -71,7 +78,8 @@ def check_output(args: argparse.Namespace, samples: Sequence[Sample]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_scoring_args(build_parser(), argv)
     try:
-        samples = load_samples(args.test_json, args.dataset_root, require_files=False)
+        root = args.dataset_root or run_dataset_root(args.checkpoint, args.test_json)
+        samples = load_samples(args.test_json, root or DEFAULT_DATASET_ROOT, require_files=False)
         check_output(args, samples)
         result = evaluate(args, samples)
         if args.output:

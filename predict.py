@@ -20,7 +20,7 @@ from pathlib import Path
 from hyperiqa.arg_types import HelpFormatter
 from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.errors import USER_ERRORS, report
-from hyperiqa.evaluation import score_files
+from hyperiqa.scorer import score_files
 from hyperiqa.stopping import report_interrupt
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperiqa.config import build_parser
-from hyperiqa.model import build_model
+from hyperiqa.config import DEFAULT_LR, DEFAULT_LR_RATIO, DEFAULT_WEIGHT_DECAY
+from hyperiqa.fit import TrainStep, make_optimizer
+from hyperiqa.model import PATCH_SIZE, build_model
 from hyperiqa.runtime import Runtime
-from hyperiqa.trainer import TrainStep, make_optimizer
 from original_loader import OriginalSchemeLoader
 from pipelines.factory import dali_available, make_loader
 from pipelines.loader import LoaderSettings, PatchLoader
@@ -40,11 +40,6 @@ KONIQ_EPOCHS = 16
 # Validation is a forward pass only (no backward, no optimiser step): about 3x
 # the training speed in patches/s. An assumption, not a measurement.
 VAL_SPEEDUP = 3.0
-# Optimiser settings of a default run (train.py's defaults); they do not change speed.
-_TRAIN_DEFAULTS = build_parser()
-DEFAULT_LR, DEFAULT_LR_RATIO, DEFAULT_WEIGHT_DECAY = (
-    _TRAIN_DEFAULTS.get_default(name) for name in ("lr", "lr_ratio", "weight_decay")
-)
 
 
 @dataclass
@@ -61,9 +56,7 @@ class Setup:
     seconds: float  # measured seconds per row
     warmup: int | None  # batches before measuring (None: the row's default)
     patch_limit: int  # also stop a row after this many patches (0: time only)
-    dali_threads: int = 4
-    compile: bool = False
-    patch_size: int = 224
+    patch_size: int = PATCH_SIZE
     model: torch.nn.Module | None = None
 
     @property
@@ -75,7 +68,7 @@ class Setup:
             torch.cuda.synchronize(self.rt.device)
 
     def settings(self, *, device: torch.device | None = None, workers: int | None = None):
-        settings = self.rt.loader_settings(self.resize, dali_threads=self.dali_threads)
+        settings = self.rt.loader_settings(self.resize)
         changes = {"device": device, "num_workers": workers}
         return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
 
@@ -134,10 +127,11 @@ class TrainConsumer:
     def __init__(self, setup: Setup) -> None:
         model = get_model(setup)
         model.train()
+        # A default run's optimiser (train.py's defaults); its settings do not change speed.
         optimizer = make_optimizer(
             model, lr=DEFAULT_LR, lr_ratio=DEFAULT_LR_RATIO, weight_decay=DEFAULT_WEIGHT_DECAY
         )
-        net = torch.compile(model) if setup.compile else model
+        net = torch.compile(model) if setup.rt.compile else model
         self.step = TrainStep(net, optimizer, setup.rt)
         self.targets = torch.tensor(setup.scores, dtype=torch.float32, device=setup.rt.device)
         # Summed on the device as the trainer sums its epoch loss: the same per-step work.

@@ -33,7 +33,6 @@ import contextlib
 import os
 import platform
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -47,14 +46,13 @@ from hyperiqa.arg_types import (
     positive_float,
     positive_int,
     resize_type,
-    usable_cores,
 )
-from hyperiqa.atomic import check_output_path, overwritten_input
+from hyperiqa.atomic import check_output_path, overwritten_input, write_json_output
 from hyperiqa.check_data import check_dataset
 from hyperiqa.data import load_samples
+from hyperiqa.demo_data import KONIQ_SIZE, write_koniq_like_jpegs
 from hyperiqa.errors import USER_ERRORS, UserError, report
-from hyperiqa.run_folder import write_json_output
-from hyperiqa.runtime import resolve_runtime
+from hyperiqa.runtime import resolve_runtime, usable_cores
 from measure import (
     KONIQ_EPOCHS,
     KONIQ_TRAIN_IMAGES,
@@ -65,8 +63,8 @@ from measure import (
     Setup,
     run_rows,
 )
+from pipelines.patches import DEFAULT_PATCHES_PER_IMAGE, DEFAULT_RESIZE
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = Path("/tmp/hyperiqa-bench-data")
 
 RESULT_KEYS = (
@@ -113,7 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="patches per batch (default 96; --quick on the CPU: 16)",
     )
-    p.add_argument("--patch_num", type=patch_count, default=25, help="patches per image per epoch")
+    p.add_argument(
+        "--patch_num",
+        type=patch_count,
+        default=DEFAULT_PATCHES_PER_IMAGE,
+        help="patches per image per epoch",
+    )
     p.add_argument(
         "--seconds",
         type=positive_float,
@@ -158,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="cuDNN autotuner off for the rows (as train.py's flag); one row measures the other way",
     )
     # For tests and experiments: smaller inputs than KonIQ's.
-    p.add_argument("--resize", type=resize_type, default=(384, 512), help=argparse.SUPPRESS)
-    p.add_argument("--image_size", type=resize_type, default=(768, 1024), help=argparse.SUPPRESS)
+    p.add_argument("--resize", type=resize_type, default=DEFAULT_RESIZE, help=argparse.SUPPRESS)
+    p.add_argument("--image_size", type=resize_type, default=KONIQ_SIZE, help=argparse.SUPPRESS)
     p.add_argument(
         "--epoch_images", type=positive_int, default=KONIQ_TRAIN_IMAGES, help=argparse.SUPPRESS
     )
@@ -172,15 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def generated_images(data_dir: Path, count: int, size: tuple[int, int]) -> list[Path]:
-    """KonIQ-like JPEGs of ``size``, written once by scripts/make_demo_dataset.py."""
+    """KonIQ-like JPEGs of ``size``, written once (hyperiqa/demo_data.py) and reused."""
     folder = Path(data_dir) / f"koniq_like_{size[0]}x{size[1]}"
-    script = REPO / "scripts" / "make_demo_dataset.py"
-    cmd = [sys.executable, str(script), "--koniq_like", "--out", str(folder)]
-    cmd += ["--num_images", str(count), "--size", f"{size[0]}x{size[1]}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise UserError(f"cannot write the benchmark images to {folder}: {proc.stderr.strip()}")
-    return sorted(folder.glob("*.jpg"))[:count]
+    try:
+        return write_koniq_like_jpegs(folder, count, height=size[0], width=size[1])
+    except OSError as e:
+        raise UserError(f"cannot write the benchmark images to {folder}: {e}") from None
 
 
 def setup(args: argparse.Namespace) -> Setup:
@@ -196,10 +196,12 @@ def setup(args: argparse.Namespace) -> Setup:
         num_workers=args.num_workers,
         batch_size=batch_size,
         cudnn_benchmark=args.cudnn_benchmark,
+        compile=args.compile,
+        dali_threads=args.dali_threads,
     )
     if args.data_json:
         samples = load_samples(args.data_json, args.dataset_root)
-        files, scores = [s.path for s in samples], np.array([s.score for s in samples])
+        files, scores = [s.path for s in samples], np.array([s.label for s in samples])
         check_dataset(files)  # a file DALI cannot decode would end its pipeline, or the process
     else:
         files = generated_images(Path(args.data_dir), args.images, args.image_size)
@@ -217,8 +219,6 @@ def setup(args: argparse.Namespace) -> Setup:
         seconds=args.seconds if args.seconds is not None else (8.0 if args.quick else 20.0),
         warmup=args.warmup,
         patch_limit=args.patches,
-        dali_threads=args.dali_threads,
-        compile=args.compile,
     )
 
 
@@ -311,13 +311,13 @@ def environment(s: Setup, args: argparse.Namespace, load_start: tuple[float, ...
         "amp": rt.amp_name,
         "channels_last": rt.channels_last,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "compile": s.compile,
+        "compile": rt.compile,
         "batch_size": s.batch_size,
         "patch_num": s.patch_num,
         "patch_size": s.patch_size,
         "resize": list(s.resize),
         "num_workers": rt.num_workers,
-        "dali_threads": s.dali_threads,
+        "dali_threads": rt.dali_threads,
         "quick": args.quick,
         "seconds_per_row": s.seconds,
         "data": args.data_json or f"{s.files} KonIQ-like JPEGs in {args.data_dir}",

@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 _PUBLIC = {
-    "Scorer": "hyperiqa.evaluation",
+    "Scorer": "hyperiqa.scorer",
     "HyperNet": "hyperiqa.model",
     "UserError": "hyperiqa.errors",
 }

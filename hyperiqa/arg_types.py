@@ -8,7 +8,6 @@ Standard library only, so the light tools (the dataset preparers) use it too.
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def _whole(text: str) -> int:
@@ -95,26 +94,10 @@ def patch_count(text: str) -> int:
     return value
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, where the OS has one),
-    not the host's: the default of every worker-count flag."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def seed_type(text: str) -> int:
     value = non_negative_int(text)
     if value > MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be at most 2**64 - 1, got {text[:30]}")
-    return value
-
-
-def patch_size_type(text: str) -> int:
-    """The architecture's LDA branches assume 224x224 patches (7x7 pooling of 56/28/14/7 maps)."""
-    value = positive_int(text)
-    if value != 224:
-        raise argparse.ArgumentTypeError(f"HyperIQA's architecture needs 224, got {value}")
     return value
 
 

@@ -13,12 +13,13 @@ importing torch.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from hyperiqa.errors import UserError
 
@@ -64,6 +65,52 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, lambda f: f.write(data))
+
+
+class WriteError(UserError):
+    """A file the user keeps could not be written (full disk, permissions)."""
+
+
+def _write_or_say(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    try:
+        write_atomic(path, write)
+    except OSError as e:
+        raise WriteError(f"could not write {path}: {e.strerror or e}") from None
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """``obj`` as indented JSON; NaN is refused (ValueError): null stands for "undefined"."""
+    data = (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode()
+    _write_or_say(path, lambda f: f.write(data))
+
+
+def write_json_output(path: Path, obj: Any, flag: str) -> None:
+    """Write a tool's JSON output (``flag`` names the option that chose ``path``),
+    creating its folder; a folder that can't be made is one line naming the flag."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot create the folder of {flag} {path}: {e.strerror or e}") from None
+    write_json_atomic(path, obj)
+
+
+def _torch_save(obj: Any, f: IO[bytes]) -> None:
+    import torch  # here, not at the top: the light tools import this module
+
+    try:
+        torch.save(obj, f)
+    except RuntimeError as e:
+        # On a full disk the file's write raises OSError, and torch's zip writer,
+        # closing on the way out, buries it under a RuntimeError ("unexpected
+        # pos ..."). The OSError is the one that says what happened.
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
+
+
+def save_torch_atomic(path: Path, obj: Any) -> None:
+    """``torch.save(obj)`` to ``path``, atomically."""
+    _write_or_say(path, lambda f: _torch_save(obj, f))
 
 
 class GroupWriteError(OSError):

@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
-from hyperiqa.arg_types import non_negative_int, usable_cores
+from hyperiqa.arg_types import non_negative_int
 from hyperiqa.data import load_samples
 from hyperiqa.errors import USER_ERRORS, UserError, report
-from hyperiqa.run_log import bars_off
+from hyperiqa.progress import progress_bar
+from hyperiqa.runtime import usable_cores
 from hyperiqa.stopping import report_interrupt
 from pipelines.images import check_image, ignore_interrupt
 
@@ -34,21 +33,15 @@ def find_problems(
         # traceback from every worker.
         pool = ProcessPoolExecutor(workers, initializer=ignore_interrupt)
         try:
-            reasons = list(
-                tqdm(
-                    pool.map(check_image, paths, chunksize=16),
-                    total=len(paths),
-                    desc="checking images",
-                    disable=bars_off(progress),
-                    leave=False,
-                )
-            )
+            checks = pool.map(check_image, paths, chunksize=16)
+            bar = progress_bar(checks, total=len(paths), desc="checking images", show=progress)
+            reasons = list(bar)
         finally:
             # After Ctrl-C, drop the queued checks rather than wait for all of them.
             pool.shutdown(cancel_futures=True)
     else:
-        it = tqdm(paths, desc="checking images", disable=bars_off(progress), leave=False)
-        reasons = [check_image(p) for p in it]
+        bar = progress_bar(paths, desc="checking images", show=progress)
+        reasons = [check_image(p) for p in bar]
     return [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
 
 

@@ -1,14 +1,16 @@
-"""Training flags, their defaults and checks, and the run-folder name.
+"""The command line of train.py (and the scoring flags of evaluate.py and
+predict.py): every flag once, with its default and checks, and ``resolve``,
+which turns the parsed flags into the run's ``RunSpec``.
 
-Plain argparse (like torchvision's references): every flag is listed once
-here, with its default; an invalid value is an argparse error naming the flag.
+Plain argparse (like torchvision's references): an invalid value is an
+argparse error naming the flag. Nothing below the command line sees these
+flags: it receives the ``RunSpec``.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hyperiqa.arg_types import (
@@ -22,79 +24,32 @@ from hyperiqa.arg_types import (
     non_negative_float,
     non_negative_int,
     patch_count,
-    patch_size_type,
     positive_float,
     positive_int,
     resize_type,
     seed_type,
     unit_interval,
 )
+from hyperiqa.model import BACKBONES, PATCH_SIZE
+from hyperiqa.runtime import resolve_runtime
+from hyperiqa.spec import TEST, TRAIN, VAL, RunSpec
+from pipelines.patches import DEFAULT_PATCHES_PER_IMAGE, DEFAULT_RESIZE
 
 DEFAULT_CHECKPOINTS = Path("../checkpoints")
+DEFAULT_DATASET_ROOT = "../datasets/"
 DEFAULT_VAL_SPLIT = 0.1
-# The sets a run has by itself: an --eval_json set may not take one of their names.
-RESERVED_SET_NAMES = frozenset({"train", "val", "test"})
+# The training guide's optimisation (the benchmark builds its optimiser with them too).
+DEFAULT_LR = 2e-5
+DEFAULT_LR_RATIO = 10.0
+DEFAULT_WEIGHT_DECAY = 5e-4
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    dataset_root: str
-    train_json: str
-    val_split: float | None  # None until resolved: 0.1, or 0 with --val_json
-    val_json: str | None
-    test_json: str | None
-    eval_json: tuple[str, ...]  # NAME=FILE, as typed
-    eval_root: tuple[str, ...]  # NAME=DIR, as typed
-    lr: float
-    lr_ratio: float
-    weight_decay: float
-    batch_size: int
-    epochs: int
-    seed: int
-    patch_size: int
-    train_patch_num: int
-    val_patch_num: int
-    checkpoint_dir: str | None
-    save_all_epochs: bool
-    tensorboard: bool
-    loader: str
-    device: str
-    num_workers: int | None
-    resize: tuple[int, int]
-    shuffle_window: int | None
-    amp: str | None
-    channels_last: bool
-    compile: bool
-    backbone_weights: str
-    init_checkpoint: str | None
-    overwrite: bool
-    resume: bool
-    demo: bool
-    skip_check: bool
-    progress: bool
-    dali_threads: int
-    dali_hw_decoder_load: float
-    dali_prefetch: int
-    # --no_cudnn_benchmark sets it False; with a default, so an args.json written
-    # before the flag existed still loads (and a resume may change it: SPEED_FLAGS).
-    cudnn_benchmark: bool = True
-    # Not a flag: how many processes train together (torchrun), recorded in args.json.
-    world_size: int = 1
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["resize"] = format_resize(self.resize)
-        d["eval_json"], d["eval_root"] = list(self.eval_json), list(self.eval_root)
-        return d
-
-    def eval_sets(self) -> dict[str, tuple[str, str]]:
-        """The sets scored with best_model.pkl at the end: name -> (metadata JSON, image root)."""
-        roots = dict(named(text) for text in self.eval_root)
-        sets = {"test": (self.test_json, self.dataset_root)} if self.test_json else {}
-        for text in self.eval_json:
-            name, path = named(text)
-            sets[name] = (path, roots.get(name, self.dataset_root))
-        return sets
+def patch_size_type(text: str) -> int:
+    """The architecture's LDA branches assume 224x224 patches (7x7 pooling of 56/28/14/7 maps)."""
+    value = positive_int(text)
+    if value != PATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"HyperIQA's architecture needs {PATCH_SIZE}, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = p.add_argument_group("data")
     data.add_argument(
-        "--dataset_root", default="../datasets/", help="image paths are relative to this"
+        "--dataset_root", default=DEFAULT_DATASET_ROOT, help="image paths are relative to this"
     )
     data.add_argument(
         "--train_json",
@@ -153,20 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--resize",
         type=resize_type,
-        default=(384, 512),
+        default=DEFAULT_RESIZE,
         help="HxW every image is resized to before cropping (the original used 512x384)",
     )
     data.add_argument(
         "--patch_size",
         type=patch_size_type,
-        default=224,
-        help="side of the square crops (the architecture needs 224)",
+        default=PATCH_SIZE,
+        help=f"side of the square crops (the architecture needs {PATCH_SIZE})",
     )
     data.add_argument(
-        "--train_patch_num", type=patch_count, default=25, help="crops per training image"
+        "--train_patch_num",
+        type=patch_count,
+        default=DEFAULT_PATCHES_PER_IMAGE,
+        help="crops per training image",
     )
     data.add_argument(
-        "--val_patch_num", type=patch_count, default=25, help="crops per validation image"
+        "--val_patch_num",
+        type=patch_count,
+        default=DEFAULT_PATCHES_PER_IMAGE,
+        help="crops per validation image",
     )
     data.add_argument(
         "--shuffle_window",
@@ -179,14 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--lr", type=positive_float, default=2e-5, help="backbone learning rate")
+    opt.add_argument("--lr", type=positive_float, default=DEFAULT_LR, help="backbone learning rate")
     opt.add_argument(
         "--lr_ratio",
         type=positive_float,
-        default=10.0,
+        default=DEFAULT_LR_RATIO,
         help="hyper-network learning rate = lr * lr_ratio (epochs 1-8)",
     )
-    opt.add_argument("--weight_decay", type=non_negative_float, default=5e-4)
+    opt.add_argument("--weight_decay", type=non_negative_float, default=DEFAULT_WEIGHT_DECAY)
     opt.add_argument("--batch_size", type=positive_int, default=96, help="patches per step")
     opt.add_argument("--epochs", type=positive_int, default=16)
     opt.add_argument(
@@ -197,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     model = p.add_argument_group("model")
+    model.add_argument(
+        "--backbone",
+        choices=sorted(BACKBONES),
+        default="resnet50",
+        help="resnet50: the paper's; tiny: one block per ResNet stage, about 4x faster, "
+        "for smoke runs and tests (random init only)",
+    )
     model.add_argument(
         "--backbone_weights",
         default="imagenet",
@@ -321,24 +289,6 @@ DEMO_DEFAULTS = {
     "backbone_weights": "auto",
 }
 
-# Flags that change how fast a run goes, not what it computes: a resume may change them.
-SPEED_FLAGS = frozenset(
-    {
-        "resume",
-        "overwrite",
-        "progress",
-        "skip_check",
-        "num_workers",
-        "save_all_epochs",
-        "tensorboard",
-        "checkpoint_dir",
-        "dali_threads",
-        "dali_prefetch",
-        "dali_hw_decoder_load",
-        "cudnn_benchmark",
-    }
-)
-
 
 def check_patch_fits(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
     """Crops are cut from the resized image, so --patch_size must fit in --resize."""
@@ -349,7 +299,8 @@ def check_patch_fits(parser: argparse.ArgumentParser, ns: argparse.Namespace) ->
         )
 
 
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags as typed, checked one against another (argparse's error, exit 2)."""
     parser = build_parser()
     # --demo changes the defaults, not the flags: a first pass learns whether it
     # was given, the second parses with the demo's defaults in place.
@@ -361,25 +312,81 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         parser.error("argument --resume: not allowed with argument --overwrite")
     if ns.checkpoint_dir is not None and not ns.checkpoint_dir.strip():
         parser.error("argument --checkpoint_dir: empty; leave it out for the default folder")
-    if ns.demo and ns.train_json == DEMO_DEFAULTS["train_json"]:
-        # --demo --dataset_root X: the demo dataset lives (or is written) in X.
-        ns.train_json = str(Path(ns.dataset_root) / Path(ns.train_json).name)
     if ns.val_json and ns.val_split is not None:
         parser.error("argument --val_split: not allowed with argument --val_json")
-    if ns.val_split is None:
-        ns.val_split = 0.0 if ns.val_json else DEMO_VAL_SPLIT if ns.demo else DEFAULT_VAL_SPLIT
     names = [named(text)[0] for text in ns.eval_json]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        parser.error(f"argument --eval_json: the name {name!r} is used twice")
-    for name in sorted(set(names) & RESERVED_SET_NAMES):
+    roots = [named(text)[0] for text in ns.eval_root]
+    for flag, given in (("--eval_json", names), ("--eval_root", roots)):
+        for name in sorted({n for n in given if given.count(n) > 1}):
+            parser.error(f"argument {flag}: the name {name!r} is used twice")
+    for name in sorted(set(names) & {TRAIN, VAL, TEST}):
         parser.error(
             f"argument --eval_json: {name!r} names the run's own {name} set; choose another name"
         )
-    for text in ns.eval_root:
-        if named(text)[0] not in names:
-            parser.error(f"argument --eval_root: no --eval_json named {named(text)[0]!r}")
-    ns.eval_json, ns.eval_root = tuple(ns.eval_json), tuple(ns.eval_root)
-    return TrainConfig(**vars(ns))
+    for name in roots:
+        if name not in names:
+            parser.error(f"argument --eval_root: no --eval_json named {name!r}")
+    return ns
+
+
+def resolve(args: argparse.Namespace) -> RunSpec:
+    """The run the flags describe, every ``auto`` and every default that depends
+    on another flag decided, the runtime included (under torchrun this joins the
+    process group). Raises UserError for a request this machine cannot meet."""
+    train_json = args.train_json
+    if args.demo and train_json == DEMO_DEFAULTS["train_json"]:
+        # --demo --dataset_root X: the demo dataset lives (or is written) in X.
+        train_json = str(Path(args.dataset_root) / Path(train_json).name)
+    val_split = resolved_val_split(args)
+    runtime = resolve_runtime(
+        device=args.device,
+        amp=args.amp,
+        loader=args.loader,
+        num_workers=args.num_workers,
+        batch_size=args.batch_size,
+        channels_last=args.channels_last,
+        cudnn_benchmark=args.cudnn_benchmark,
+        compile=args.compile,
+        distributed=True,
+        dali_threads=args.dali_threads,
+        dali_hw_decoder_load=args.dali_hw_decoder_load,
+        dali_prefetch=args.dali_prefetch,
+    )
+    name = run_name(args.lr, args.batch_size, args.epochs, val_split, args.val_json, args.seed)
+    run_dir = Path(args.checkpoint_dir or DEFAULT_CHECKPOINTS / f"{'demo_' * args.demo}{name}")
+    return RunSpec(
+        dataset_root=args.dataset_root,
+        train_json=train_json,
+        val_split=val_split,
+        val_json=args.val_json,
+        test_json=args.test_json,
+        eval_json=tuple(args.eval_json),
+        eval_root=tuple(args.eval_root),
+        resize=args.resize,
+        patch_size=args.patch_size,
+        train_patch_num=args.train_patch_num,
+        val_patch_num=args.val_patch_num,
+        shuffle_window=args.shuffle_window or args.batch_size,
+        lr=args.lr,
+        lr_ratio=args.lr_ratio,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        seed=args.seed,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        init_checkpoint=args.init_checkpoint,
+        run_dir=run_dir,
+        checkpoint_dir=args.checkpoint_dir,
+        save_all_epochs=args.save_all_epochs,
+        tensorboard=args.tensorboard,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        demo=args.demo,
+        skip_check=args.skip_check,
+        progress=args.progress,
+        runtime=runtime,
+    )
 
 
 def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
@@ -391,10 +398,13 @@ def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
         type=patch_count,
         default=None,
         help="crops averaged per image (default: the run's val_patch_num from the args.json "
-        "beside the checkpoint, else 25)",
+        f"beside the checkpoint, else {DEFAULT_PATCHES_PER_IMAGE})",
     )
     p.add_argument(
-        "--patch_size", type=patch_size_type, default=224, help="the architecture needs 224"
+        "--patch_size",
+        type=patch_size_type,
+        default=PATCH_SIZE,
+        help=f"the architecture needs {PATCH_SIZE}",
     )
     p.add_argument(
         "--resize",
@@ -402,7 +412,7 @@ def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="HxW",
         help="size images are resized to (default: the run's, from the args.json beside the "
-        "checkpoint, else 384x512)",
+        f"checkpoint, else {format_resize(DEFAULT_RESIZE)})",
     )
     p.add_argument("--batch_size", type=positive_int, default=96, help="patches per forward pass")
     p.add_argument("--loader", choices=LOADER_CHOICES, default="auto")
@@ -416,7 +426,7 @@ def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# The scoring flags that hyperiqa.evaluation.score_files takes as keywords.
+# The scoring flags that hyperiqa.scorer.score_files takes as keywords.
 SCORING_OPTIONS = (
     "device",
     "loader",
@@ -440,6 +450,22 @@ def parse_scoring_args(
     return args
 
 
+def resolved_val_split(args: argparse.Namespace) -> float:
+    """--val_split, or its default: none with --val_json, a third for --demo, else 0.1."""
+    if args.val_split is not None:
+        return args.val_split
+    return 0.0 if args.val_json else DEMO_VAL_SPLIT if args.demo else DEFAULT_VAL_SPLIT
+
+
+def flags_json(args: argparse.Namespace) -> dict:
+    """The flags as given (``auto`` left in), in args.json's form: what a protocol
+    records as its training settings, before any machine has decided anything."""
+    out = {**vars(args), "val_split": resolved_val_split(args)}
+    out["resize"] = format_resize(args.resize)
+    out["eval_json"], out["eval_root"] = list(args.eval_json), list(args.eval_root)
+    return out
+
+
 def format_lr(lr: float) -> str:
     """``2e-05`` -> ``2e-5``, ``0.0001`` -> ``1e-4``, ``2.5e-05`` -> ``2.5e-5``."""
     mantissa, exponent = f"{lr:e}".split("e")
@@ -447,14 +473,10 @@ def format_lr(lr: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def run_name(cfg: TrainConfig) -> str:
-    # With --val_json the validation set is a file: its name stands where the share would.
-    val = Path(cfg.val_json).stem if cfg.val_json else f"{cfg.val_split:g}"
-    name = f"lr{format_lr(cfg.lr)}_bs{cfg.batch_size}_ep{cfg.epochs}_val{val}_seed{cfg.seed}"
-    return f"demo_{name}" if cfg.demo else name
-
-
-def run_path(cfg: TrainConfig) -> Path:
-    if cfg.checkpoint_dir:
-        return Path(cfg.checkpoint_dir)
-    return DEFAULT_CHECKPOINTS / run_name(cfg)
+def run_name(
+    lr: float, batch_size: int, epochs: int, val_split: float, val_json: str | None, seed: int
+) -> str:
+    """``lr{lr}_bs{bs}_ep{ep}_val{val}_seed{seed}``; with --val_json the validation
+    set is a file, and its name stands where the share would."""
+    val = Path(val_json).stem if val_json else f"{val_split:g}"
+    return f"lr{format_lr(lr)}_bs{batch_size}_ep{epochs}_val{val}_seed{seed}"

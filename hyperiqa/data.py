@@ -1,14 +1,16 @@
 """The metadata JSON, the train/val split, and the sets a run uses.
 
 The metadata is a JSON list of ``{"image": <path relative to dataset_root>,
-"score": <float>}`` objects. It is validated up front so that a bad entry
-fails in a second with its name, not hours into a run. Images are identified
-by the file, not by the string: ``img/0.jpg``, ``./img/0.jpg`` and a link to it
-are one image, so no image is listed twice or lands in two sets.
+"score": <float>}`` objects; the score is the image's label (MOS, z-score,
+DMOS: whatever the dataset's quality scale is). It is validated up front so
+that a bad entry fails in a second with its name, not hours into a run. Images
+are identified by the file, not by the string: ``img/0.jpg``, ``./img/0.jpg``
+and a link to it are one image, so no image is listed twice or lands in two sets.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hyperiqa.errors import JSON_ERRORS, UserError, json_problem
+from hyperiqa.spec import TRAIN, VAL, RunSpec
 from pipelines.images import file_problem
 
 SHOW = 5  # how many names a message lists before "and N more"
@@ -27,7 +30,7 @@ SHOW = 5  # how many names a message lists before "and N more"
 class Sample:
     image: str  # as written in the metadata, relative to the dataset root
     path: Path  # resolved file path
-    score: float
+    label: float  # the metadata's "score": the quality the model learns to predict
 
 
 def _shown(items: Sequence[object]) -> str:
@@ -109,7 +112,7 @@ def load_samples(
         if "\0" in image:
             raise UserError(f"{where}: the image name {image!r} contains a NUL character")
         where = f"{json_path} entry {i} ({image})"
-        samples.append(Sample(image=image, path=root / image, score=_score(entry, where)))
+        samples.append(Sample(image=image, path=root / image, label=_score(entry, where)))
 
     # Report every unusable path at once: a user fixing paths wants the whole list.
     problems = [(s.path, p) for s in samples if (p := file_problem(s.path))]
@@ -182,3 +185,63 @@ def split_samples(
     if not train:
         raise UserError(f"val_split {val_split} leaves no training images of {len(samples)}")
     return train, val
+
+
+def load_sets(spec: RunSpec) -> dict[str, list[Sample]]:
+    """Every set the run uses: train, val (carved out or --val_json), test and
+    --eval_json sets. No image may sit in two of them, and validation must be
+    able to rank (it chooses best_model.pkl)."""
+
+    # Without --skip_check the image check lists missing and broken files together.
+    def load(path: str, root: str) -> list[Sample]:
+        return load_samples(path, root, require_files=spec.skip_check)
+
+    samples = load(spec.train_json, spec.dataset_root)
+    if spec.val_json:
+        train, val = samples, load(spec.val_json, spec.dataset_root)
+    else:
+        train, val = split_samples(samples, spec.val_split, spec.seed)
+    sets = {TRAIN: train, VAL: val} if val else {TRAIN: train}
+    for name, held_out in spec.held_out_sets().items():
+        sets[name] = load(held_out.metadata, held_out.dataset_root)
+    check_disjoint(sets)
+    labels = {s.label for s in val}
+    if val and (len(val) < 2 or len(labels) < 2):
+        raise UserError(
+            f"the validation set ({len(val)} images, {len(labels)} distinct scores) cannot "
+            "rank images, so it cannot choose best_model.pkl; use a larger --val_split, "
+            "another --val_json, or --val_split 0 (best = last epoch)"
+        )
+    return sets
+
+
+def describe_sets(spec: RunSpec, sets: dict[str, list[Sample]]) -> dict:
+    """data.json: per set, where it came from and a fingerprint of what it holds.
+
+    The fingerprint covers every image name, label and file size, in order
+    (the order fixes which image each plan index means). Image bytes are not
+    hashed: that would read the whole dataset again (2.5 GB for KonIQ) at every
+    start; a replaced or re-encoded image changes its size and is caught.
+    """
+    held_out = spec.held_out_sets()
+    sources = {TRAIN: spec.train_json, VAL: spec.val_json or spec.train_json}
+    sources |= {name: s.metadata for name, s in held_out.items()}
+    roots = {name: s.dataset_root for name, s in held_out.items()}
+    out = {}
+    for name, samples in sets.items():
+        listing = [[s.image, s.label, _file_size(s.path)] for s in samples]
+        digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+        out[name] = {
+            "metadata": sources[name],
+            "dataset_root": roots.get(name, spec.dataset_root),
+            "images": len(samples),
+            "fingerprint": f"sha256:{digest}",
+        }
+    return out
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:  # missing: the image check reports it before anything is written
+        return None

@@ -9,8 +9,8 @@ Layout, top to bottom:
    whole batch at once with ``einsum`` instead of building modules per batch.
 3. ``HyperNet``: the hyper network that generates the target-net parameters.
 4. ``param_groups``: hyper-network vs backbone parameters (two learning rates).
-5. ``build_model`` / ``ModelLoadError``: backbone initialisation and checkpoint
-   loading with one-line, user-facing errors.
+5. ``build_model`` / ``load_weights`` / ``load_hypernet`` / ``ModelLoadError``:
+   backbone initialisation and checkpoint loading with one-line, user-facing errors.
 
 Module names, registration order and tensor shapes deliberately mirror the
 original release so that its ``state_dict`` (e.g. the published
@@ -32,6 +32,19 @@ from torch import nn
 
 class ModelLoadError(Exception):
     """Weights or a checkpoint could not be loaded; the message is one user-facing line."""
+
+
+# The side of the square patches the model takes: the LDA branches pool 56/28/14/7
+# feature maps with 7x7 windows into vectors of fixed length, which needs 224.
+PATCH_SIZE = 224
+
+# Bottleneck blocks per ResNet stage. "resnet50" is the paper's backbone; "tiny"
+# keeps every shape the hyper network sees (so the code paths are the same) with
+# one block per stage: about 4x faster on a CPU, for smoke runs and tests only.
+BACKBONES: dict[str, tuple[int, int, int, int]] = {
+    "resnet50": (3, 4, 6, 3),
+    "tiny": (1, 1, 1, 1),
+}
 
 
 # -----------------------------------------------------------------------------
@@ -203,8 +216,10 @@ class HyperNet(nn.Module):
         target_fc3_size: int = 28,
         target_fc4_size: int = 14,
         feature_size: int = 7,
+        backbone: str = "resnet50",
     ) -> None:
         super().__init__()
+        self.backbone = backbone
         self.hyper_in_channels = hyper_in_channels
         self.feature_size = feature_size
         # Target-net layer sizes: in -> fc1 -> fc2 -> fc3 -> fc4 -> 1.
@@ -216,7 +231,7 @@ class HyperNet(nn.Module):
             target_fc4_size,
         )
 
-        self.res = ResNetBackbone(lda_out_channels, target_in_size)
+        self.res = ResNetBackbone(lda_out_channels, target_in_size, BACKBONES[backbone])
         self.pool = nn.AdaptiveAvgPool2d((1, 1))
         # Reduce layer4 features to the hyper network's input channels.
         self.conv1 = nn.Sequential(
@@ -421,9 +436,14 @@ def _load_backbone(res: ResNetBackbone, state: Mapping[str, torch.Tensor], sourc
         raise ModelLoadError(f"backbone weights {source} did not load: {_brief(not_loaded)}")
 
 
-def _load_checkpoint(model: HyperNet, path: str, what: str = "init checkpoint") -> None:
-    """Loads a full HyperNet state_dict strictly, with a readable error on mismatch."""
-    state = _read_state_dict(path, what)
+def load_weights(model: HyperNet, path: str | os.PathLike, what: str = "checkpoint") -> None:
+    """Load a full HyperNet state_dict file into ``model`` strictly (a readable
+    error on any mismatch); ``what`` names the file in errors."""
+    path = os.path.expanduser(path)
+    _load_state(model, _read_state_dict(path, what), path, what)
+
+
+def _load_state(model: HyperNet, state: Mapping[str, torch.Tensor], path: str, what: str) -> None:
     ours = model.state_dict()
     missing = [k for k in ours if k not in state]
     unexpected = [k for k in state if k not in ours]
@@ -444,7 +464,11 @@ def _load_checkpoint(model: HyperNet, path: str, what: str = "init checkpoint") 
     model.load_state_dict(state, strict=True)
 
 
-def build_model(backbone_weights: str = "imagenet", init_checkpoint: str | None = None) -> HyperNet:
+def build_model(
+    backbone_weights: str = "imagenet",
+    init_checkpoint: str | None = None,
+    backbone: str = "resnet50",
+) -> HyperNet:
     """Builds a HyperNet with the paper's sizes and initialises it.
 
     ``backbone_weights``: ``"imagenet"`` (torchvision ResNet-50 IMAGENET1K_V1, the
@@ -452,9 +476,14 @@ def build_model(backbone_weights: str = "imagenet", init_checkpoint: str | None 
     ``"none"`` (random init) or a path to a local ResNet-50 state_dict.
     ``init_checkpoint``: optional full HyperNet state_dict (e.g. the published
     ``koniq_pretrained.pkl``), loaded strictly after the backbone init.
+    ``backbone``: a name of ``BACKBONES``; weights fit "resnet50" only.
     Raises ModelLoadError with a one-line message on any loading problem.
     """
-    model = HyperNet()
+    model = HyperNet(backbone=backbone)
+    if backbone_weights != "none" and backbone != "resnet50":
+        raise ModelLoadError(
+            f"the {backbone} backbone has no pretrained weights; use --backbone_weights none"
+        )
     if backbone_weights == "imagenet":
         from torchvision.models import ResNet50_Weights
 
@@ -472,13 +501,26 @@ def build_model(backbone_weights: str = "imagenet", init_checkpoint: str | None 
         path = os.path.expanduser(backbone_weights)
         _load_backbone(model.res, _read_state_dict(path, "backbone weights file"), path)
     if init_checkpoint is not None:
-        _load_checkpoint(model, os.path.expanduser(init_checkpoint))
+        load_weights(model, init_checkpoint, "init checkpoint")
     return model
 
 
-def load_hypernet(path: str, what: str = "checkpoint") -> HyperNet:
+def load_hypernet(path: str | os.PathLike, what: str = "checkpoint") -> HyperNet:
     """A HyperNet with the weights of a full state_dict file (best_model.pkl, the
-    original release's koniq_pretrained.pkl); ``what`` names it in errors."""
-    model = HyperNet()
-    _load_checkpoint(model, os.path.expanduser(path), what)
+    original release's koniq_pretrained.pkl); ``what`` names it in errors. The
+    backbone (resnet50 or tiny) is read off the file's keys."""
+    path = os.path.expanduser(path)
+    state = _read_state_dict(path, what)
+    model = HyperNet(backbone=_backbone_of(state))
+    _load_state(model, state, path, what)
     return model
+
+
+def _backbone_of(state: Mapping[str, torch.Tensor]) -> str:
+    """The BACKBONES name whose block counts a state_dict's ``res.layerN.B.*`` keys show
+    ("resnet50" when they match none: the strict load then names what is wrong)."""
+    found = re.findall(r"^res\.layer([1-4])\.(\d+)\.", "\n".join(state), flags=re.MULTILINE)
+    blocks = tuple(
+        1 + max((int(b) for s, b in found if s == str(i)), default=-1) for i in range(1, 5)
+    )
+    return next((name for name, counts in BACKBONES.items() if counts == blocks), "resnet50")

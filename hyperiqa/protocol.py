@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperiqa.atomic import write_bytes_atomic
-from hyperiqa.metrics import format_metric
+from hyperiqa.history import format_correlation as format_metric
 from hyperiqa.run_summary import RunFolderError, load_run
 
 CORRELATIONS = ("srcc", "plcc", "krcc")

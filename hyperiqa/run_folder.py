@@ -10,6 +10,12 @@
     tensorboard/     with --tensorboard
     resume_state.pt  while unfinished: weights, optimizer, RNG, history
 
+A run uses the folder in four calls: ``open`` checks it against --resume and
+--overwrite without changing anything and says how the run starts (``Start``);
+``begin`` records the flags and the data once everything else is ready;
+``record`` writes each finished epoch; ``finish`` adds the held-out results
+and marks the run complete. ``claim`` holds the folder's lock meanwhile.
+
 Every file is written to a temporary name in the folder, flushed and renamed
 over the old one: a crash or a full disk mid-write leaves the previous version,
 never half a file. torch is imported only where a ``.pt``/``.pkl`` is touched,
@@ -19,20 +25,29 @@ so the tools that read run folders (hyperiqa/run_summary.py) start instantly.
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
+import itertools
 import json
+import logging
 import os
 import pickle
 import shlex
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from hyperiqa.atomic import temp_name_of, write_atomic
+from hyperiqa.atomic import (
+    WriteError,
+    save_torch_atomic,
+    temp_name_of,
+    write_json_atomic,
+)
 from hyperiqa.errors import JSON_ERRORS, UserError, json_problem
+from hyperiqa.history import EpochRecord, HeldOutResult, History
+from hyperiqa.spec import ADDED_SINCE_FIRST_RELEASE, RESUME_MAY_CHANGE
 
 ARGS = "args.json"
 DATA = "data.json"
@@ -46,51 +61,24 @@ RESUME = "resume_state.pt"
 # Files that mark a folder as holding a run (any of them).
 RUN_MARKERS = (ARGS, DATA, VAL_IMAGES, METRICS, BEST, RESUME)
 
+# What resume_state.pt holds: the history (History.resume_json) and the trainer's states.
+HISTORY_KEYS = frozenset({"epoch", "best", "epochs"})
+STATE_KEYS = frozenset({"model", "optimizer", "scaler", "torch_rng"})
 
-class WriteError(UserError):
-    """A file of the run could not be written (full disk, permissions)."""
+
+class Start(enum.Enum):
+    """How a run starts in its folder."""
+
+    NEW = "new"  # an empty folder, or --overwrite
+    CONTINUE = "continue"  # --resume from resume_state.pt
+    FINISH = "finish"  # --resume: every epoch is done, the held-out scoring is not
+    # --resume of a run stopped before or while saving epoch 1: nothing to continue
+    # from and nothing beyond epoch 1 to lose, so it starts again (identically).
+    START_OVER = "start_over"
 
 
 def epoch_checkpoint(epoch: int) -> str:
     return f"epoch_{epoch}.pkl"
-
-
-# -- what a run remembers between epochs ----------------------------------------
-
-
-@dataclass
-class History:
-    """The per-epoch records, the best epoch and the final scores: metrics.json,
-    and part of the resume state."""
-
-    epoch: int = 0  # last completed epoch
-    best: dict | None = None  # {"epoch", "val_srcc", "val_plcc"}
-    epochs: list[dict] = field(default_factory=list)
-    scores: dict[str, dict] = field(default_factory=dict)  # "test" and --eval_json sets
-    completed: bool = False
-
-    def add(self, row: dict, improved: bool) -> None:
-        if improved:
-            self.best = {k: row[k] for k in ("epoch", "val_srcc", "val_plcc")}
-        self.epochs.append(row)
-        self.epoch = row["epoch"]
-
-    def metrics_json(self, epochs_planned: int) -> dict:
-        out = {
-            "epochs_planned": epochs_planned,
-            "completed": self.completed,
-            "best": self.best,
-            "epochs": self.epochs,
-        }
-        if "test" in self.scores:
-            out["test"] = self.scores["test"]
-        cross = {k: v for k, v in self.scores.items() if k != "test"}
-        if cross:
-            out["eval"] = cross
-        return out
-
-
-# -- writing ---------------------------------------------------------------------
 
 
 def _is_run_file(name: str) -> bool:
@@ -108,176 +96,104 @@ def _is_temp_of_run_file(name: str) -> bool:
     return target is not None and _is_run_file(target)
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    try:
-        write_atomic(path, write)
-    except OSError as e:
-        raise WriteError(f"could not write {path}: {e.strerror or e}") from None
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    data = (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode()
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def write_json_output(path: Path, obj: Any, flag: str) -> None:
-    """Write a tool's JSON output (``flag`` names the option that chose ``path``),
-    creating its folder; a folder that can't be made is one line naming the flag."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WriteError(f"cannot create the folder of {flag} {path}: {e.strerror or e}") from None
-    write_json_atomic(path, obj)
-
-
-def _torch_save(obj: Any, f: IO[bytes]) -> None:
-    import torch
-
-    try:
-        torch.save(obj, f)
-    except RuntimeError as e:
-        # On a full disk the file's write raises OSError, and torch's zip writer,
-        # closing on the way out, buries it under a RuntimeError ("unexpected
-        # pos ..."). The OSError is the one that says what happened.
-        if isinstance(e.__context__, OSError):
-            raise e.__context__ from None
-        raise
-
-
-def save_torch_atomic(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda f: _torch_save(obj, f))
-
-
 class RunFolder:
-    """One run folder: what exists there and how new files get in."""
+    """One run's folder. Under torchrun every rank has one, with the same history;
+    only rank 0's (``writes=True``) holds the lock and writes files."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, epochs: int, save_all_epochs: bool = False, writes: bool = True
+    ) -> None:
         self.path = Path(path)
+        self.epochs = epochs  # planned: the last epoch writes no resume state
+        self.save_all_epochs = save_all_epochs
+        self.writes = writes
+        self.history = History()  # what open() found to continue from, then each epoch
+        self.saved_states: dict | None = None  # the trainer's states to continue from
+        self._replace_old_run = False
 
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def holds_run(self) -> bool:
-        return any(self.file(m).exists() for m in RUN_MARKERS)
+    # -- the four calls of a run ----------------------------------------------------------
 
-    def check_writable(self) -> None:
-        """Fail early, before any work, when the folder cannot be created or written."""
-        if self.path.is_symlink() and not self.path.exists():
-            raise WriteError(
-                f"run folder {self.path} is a link to nothing ({os.readlink(self.path)})"
-            )
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise WriteError(f"cannot create run folder {self.path}: {e.strerror or e}") from None
-        if not os.access(self.path, os.W_OK | os.X_OK):
-            raise WriteError(f"run folder {self.path} is not writable")
-
-    def refuse_inputs(self, inputs: Sequence[str | Path]) -> None:
-        """No run writes over, or clears away, a file it reads (a metadata JSON
-        named data.json in the folder, --init_checkpoint RUN/best_model.pkl, ...)."""
-        folder = os.path.realpath(self.path)
-        for source in inputs:
-            real = os.path.realpath(source)
-            if os.path.dirname(real) == folder and _is_run_file(os.path.basename(real)):
-                raise UserError(
-                    f"{source} is an input of this run, but the run folder {self.path} "
-                    "writes or clears that file; copy it elsewhere or choose another "
-                    "--checkpoint_dir"
-                )
-
-    def refuse_existing(self) -> None:
-        if not self.holds_run():
-            return
-        if self._is_complete():
-            raise UserError(
-                f"{self.path} holds a finished run; pass --overwrite to replace it "
-                "or choose another --checkpoint_dir"
-            )
-        raise UserError(
-            f"{self.path} already holds a run; pass --resume to continue it or "
-            "--overwrite to replace it (or choose another --checkpoint_dir)"
-        )
-
-    def _is_complete(self) -> bool:
-        """Does metrics.json say the run finished? (False when it can't be read.)"""
-        try:
-            return self.file(METRICS).is_file() and bool(self.metrics().get("completed"))
-        except UserError:
-            return False
-
-    def _remove_where(self, matches: Callable[[str], bool]) -> None:
-        try:
-            for f in self.path.iterdir():
-                if matches(f.name):
-                    f.unlink()
-        except OSError as e:
-            raise WriteError(f"cannot clean up {self.path}: {e.strerror or e}") from None
-
-    def clear_previous_run(self) -> None:
-        """Remove an earlier run's files; called only once a new run has started cleanly."""
-        self._remove_where(lambda name: _is_run_file(name) or _is_temp_of_run_file(name))
-        try:  # --tensorboard's event files: a new run must not draw over the old curves
-            shutil.rmtree(self.file(BOARD))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise WriteError(f"cannot clean up {self.file(BOARD)}: {e.strerror or e}") from None
-
-    def remove_stale_temps(self) -> None:
-        """Remove half-written temp files: a kill mid-write skips their cleanup."""
-        self._remove_where(_is_temp_of_run_file)
-
-    def remove(self, name: str) -> None:
-        self._remove_where(lambda n: n == name)
-
-    def write_json(self, name: str, obj: Any) -> None:
-        write_json_atomic(self.file(name), obj)
-
-    def read_json(self, name: str, kind: type | None = None) -> Any:
-        """A JSON file of the run; with ``kind``, it must hold that type (dict, list)."""
-        path = self.file(name)
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{path} is missing") from None
-        except OSError as e:
-            raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-        except JSON_ERRORS as e:  # bad JSON or bad UTF-8 (a ValueError too)
-            raise UserError(f"cannot read {path}: {json_problem(e)}") from None
-        if kind is not None and not isinstance(value, kind):
-            what = {dict: "an object", list: "a list"}.get(kind, kind.__name__)
-            raise UserError(f"{path} is not {what}: not written by train.py")
-        return value
-
-    def save(self, name: str, obj: Any) -> None:
-        save_torch_atomic(self.file(name), obj)
-
-    def record_epoch(
+    def open(
         self,
-        history: History,
-        epochs_planned: int,
+        args: dict,
+        data: dict,
+        inputs: Sequence[str | Path],
         *,
-        best_weights: dict | None,
-        epoch_weights: dict | None,
-        resume_state: dict | None,
-    ) -> None:
-        """Write one finished epoch's files. Order matters for a crash between
-        writes: the resume state goes last, so a resume redoes an epoch whose
-        files may be partly written, and rewrites them identically."""
-        if best_weights is not None:
-            self.save(BEST, best_weights)
-        if epoch_weights is not None:
-            self.save(epoch_checkpoint(history.epoch), epoch_weights)
-        self.write_json(METRICS, history.metrics_json(epochs_planned))
-        if resume_state is not None:
-            self.save(RESUME, resume_state)
+        resume: bool,
+        overwrite: bool,
+    ) -> Start:
+        """Check the folder for this run (``args``: args.json's content, ``data``:
+        data.json's) and load what a resume continues from; changes nothing. A run
+        that cannot start here is a UserError saying why."""
+        self._refuse_inputs(inputs)
+        self._replace_old_run = overwrite
+        if not resume:
+            if not overwrite:
+                self._refuse_existing()
+            return Start.NEW
+        start = self._check_resume(args, data)
+        if start is Start.CONTINUE:
+            state = self._load_resume_state()
+            self.history = _history_from(state, self.file(RESUME))
+            self.saved_states = {key: state[key] for key in STATE_KEYS}
+        elif start is Start.FINISH:
+            self.history = _history_from(self.metrics(), self.file(METRICS))
+        return start
 
-    # -- one process at a time ------------------------------------------------------
+    def begin(self, start: Start, args: dict, data: dict, val_images: list[dict] | None) -> None:
+        """Once set-up has succeeded: clear what a new start replaces, then record
+        the flags, the data and the validation images."""
+        if not self.writes:
+            return
+        if start in (Start.CONTINUE, Start.FINISH):
+            self._remove_where(_is_temp_of_run_file)  # a kill mid-write leaves its temp file
+        elif start is Start.START_OVER or self._replace_old_run:
+            self._clear_previous_run()
+        self.write_json(ARGS, args)
+        self.write_json(DATA, data)
+        if val_images:  # evaluate.py --test_json RUN/val_images.json reproduces the val metrics
+            self.write_json(VAL_IMAGES, val_images)
+
+    def record(self, record: EpochRecord, is_best: bool, states: Callable[[], dict]) -> None:
+        """Add a finished epoch to the history and write its files. ``states()``
+        gives the trainer's states (model, optimizer, scaler, torch_rng).
+
+        Order matters for a crash between writes: the resume state goes last, so a
+        resume redoes an epoch whose files may be partly written, and rewrites
+        them identically."""
+        self.history.add(record, is_best)
+        if not self.writes:
+            return
+        needs_weights = is_best or self.save_all_epochs
+        saved = states() if needs_weights or record.epoch < self.epochs else {}
+        weights = _on_cpu(saved["model"]) if needs_weights else None
+        if is_best:
+            self.save(BEST, weights)
+        if self.save_all_epochs:
+            self.save(epoch_checkpoint(record.epoch), weights)
+        self.write_json(METRICS, self.history.metrics_json(self.epochs))
+        if record.epoch < self.epochs:
+            self.save(RESUME, {**self.history.resume_json(), **saved})
+
+    def finish(self, held_out: dict[str, HeldOutResult]) -> None:
+        """The run is complete: the held-out results join metrics.json. The resume
+        state goes first, so a kill between the two leaves a folder that --resume
+        finishes (scores the held-out sets again and marks it complete)."""
+        self.history.held_out.update(held_out)
+        self.history.completed = True
+        if self.writes:
+            self._remove_where(lambda name: name == RESUME)
+            self.write_json(METRICS, self.history.metrics_json(self.epochs))
+
+    # -- one process at a time ------------------------------------------------------------
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[None]:
-        """Create the folder if needed and hold its lock for the ``with`` block.
+        """Create the folder if needed and hold its lock for the ``with`` block
+        (ranks other than 0 hold nothing).
 
         The lock is the kernel's (``flock`` on the folder itself), so it leaves
         no file behind and a killed process cannot leave it stuck: the OS
@@ -285,11 +201,14 @@ class RunFolder:
         the process that holds it. If the block fails before writing anything,
         a folder this call created is removed again: a failed start leaves nothing.
         """
+        if not self.writes:
+            yield
+            return
         try:
             created = not self.path.exists()
         except OSError as e:  # a name too long, a component that is a file, ...
             raise WriteError(f"cannot use run folder {self.path}: {e.strerror or e}") from None
-        self.check_writable()
+        self._check_writable()
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:  # writable but not readable (mode 0300), ...
@@ -312,18 +231,123 @@ class RunFolder:
         finally:
             os.close(fd)  # releases the lock
 
-    # -- resuming ------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        """Fail early, before any work, when the folder cannot be created or written."""
+        if self.path.is_symlink() and not self.path.exists():
+            raise WriteError(
+                f"run folder {self.path} is a link to nothing ({os.readlink(self.path)})"
+            )
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(f"cannot create run folder {self.path}: {e.strerror or e}") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise WriteError(f"run folder {self.path} is not writable")
 
-    def check_resume(self, args_now: dict, data_now: dict, speed_flags: frozenset[str]) -> str:
+    # -- the log ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def logger(self, echo: Callable[[str], None] = print) -> Iterator[logging.Logger]:
+        """A logger writing timestamped lines to train.log (rank 0) and echoing them
+        through ``echo`` (which lets the caller route lines around a progress bar)."""
+        with run_logger(self.file(LOG) if self.writes else None, echo) as log:
+            yield log
+
+    # -- files -----------------------------------------------------------------------------
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_json_atomic(self.file(name), obj)
+
+    def save(self, name: str, obj: Any) -> None:
+        save_torch_atomic(self.file(name), obj)
+
+    def read_json(self, name: str, kind: type | None = None) -> Any:
+        """A JSON file of the run; with ``kind``, it must hold that type (dict, list)."""
+        path = self.file(name)
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{path} is missing") from None
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+        except JSON_ERRORS as e:  # bad JSON or bad UTF-8 (a ValueError too)
+            raise UserError(f"cannot read {path}: {json_problem(e)}") from None
+        if kind is not None and not isinstance(value, kind):
+            what = {dict: "an object", list: "a list"}.get(kind, kind.__name__)
+            raise UserError(f"{path} is not {what}: not written by train.py")
+        return value
+
+    def metrics(self) -> dict:
+        """metrics.json, checked to be what train.py writes (an object with an epochs list)."""
+        m = self.read_json(METRICS, dict)
+        if not isinstance(m.get("epochs"), list) or not all(
+            isinstance(e, dict) for e in m["epochs"]
+        ):
+            raise UserError(f"{self.file(METRICS)} has no list of epochs: not written by train.py")
+        return m
+
+    def holds_run(self) -> bool:
+        return any(self.file(m).exists() for m in RUN_MARKERS)
+
+    def _is_complete(self) -> bool:
+        """Does metrics.json say the run finished? (False when it can't be read.)"""
+        try:
+            return self.file(METRICS).is_file() and bool(self.metrics().get("completed"))
+        except UserError:
+            return False
+
+    def _remove_where(self, matches: Callable[[str], bool]) -> None:
+        try:
+            for f in self.path.iterdir():
+                if matches(f.name):
+                    f.unlink()
+        except OSError as e:
+            raise WriteError(f"cannot clean up {self.path}: {e.strerror or e}") from None
+
+    def _clear_previous_run(self) -> None:
+        """Remove an earlier run's files; called only once a new run has started cleanly."""
+        self._remove_where(lambda name: _is_run_file(name) or _is_temp_of_run_file(name))
+        try:  # --tensorboard's event files: a new run must not draw over the old curves
+            shutil.rmtree(self.file(BOARD))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise WriteError(f"cannot clean up {self.file(BOARD)}: {e.strerror or e}") from None
+
+    # -- refusals --------------------------------------------------------------------------
+
+    def _refuse_inputs(self, inputs: Sequence[str | Path]) -> None:
+        """No run writes over, or clears away, a file it reads (a metadata JSON
+        named data.json in the folder, --init_checkpoint RUN/best_model.pkl, ...)."""
+        folder = os.path.realpath(self.path)
+        for source in inputs:
+            real = os.path.realpath(source)
+            if os.path.dirname(real) == folder and _is_run_file(os.path.basename(real)):
+                raise UserError(
+                    f"{source} is an input of this run, but the run folder {self.path} "
+                    "writes or clears that file; copy it elsewhere or choose another "
+                    "--checkpoint_dir"
+                )
+
+    def _refuse_existing(self) -> None:
+        if not self.holds_run():
+            return
+        if self._is_complete():
+            raise UserError(
+                f"{self.path} holds a finished run; pass --overwrite to replace it "
+                "or choose another --checkpoint_dir"
+            )
+        raise UserError(
+            f"{self.path} already holds a run; pass --resume to continue it or "
+            "--overwrite to replace it (or choose another --checkpoint_dir)"
+        )
+
+    # -- resuming --------------------------------------------------------------------------
+
+    def _check_resume(self, args_now: dict, data_now: dict) -> Start:
         """How ``--resume`` continues this run, or a UserError saying why it cannot.
-
-        Returns "continue" (from resume_state.pt), "finish" (every epoch is done;
-        only the final scoring of the test sets is missing) or "start_over"
-        (there is nothing to continue from, and nothing beyond epoch 1 to lose:
-        the run stopped before or while saving its first epoch, which is then
-        recomputed identically). A resume never deletes more than that:
-        anything else is refused, the folder untouched.
-        """
+        A resume never deletes more than START_OVER clears: anything else is
+        refused, the folder untouched."""
         results = sorted(n for n in _names(self.path) if _is_result(n))
         keep = "; nothing was changed. Start the run again with --overwrite"
         if not self.file(ARGS).is_file():
@@ -333,7 +357,8 @@ class RunFolder:
                     f"cannot be checked{keep}"
                 )
             raise UserError(f"--resume: {self.path} holds no run to continue")
-        diffs = _differences(self.read_json(ARGS, dict), args_now, skip=speed_flags)
+        saved = {**ADDED_SINCE_FIRST_RELEASE, **self.read_json(ARGS, dict)}
+        diffs = _differences(saved, args_now, skip=RESUME_MAY_CHANGE)
         if diffs:
             raise UserError(f"--resume: flags differ from {self.file(ARGS)}: " + "; ".join(diffs))
         if self.file(DATA).is_file():
@@ -353,44 +378,22 @@ class RunFolder:
             raise UserError(f"--resume: the run in {self.path} is already complete")
         done = len(metrics["epochs"]) if metrics else 0
         if self.file(RESUME).is_file():
-            return "continue"
+            return Start.CONTINUE
         if metrics and done == args_now.get("epochs") and self.file(BEST).is_file():
-            return "finish"
+            return Start.FINISH
         if not results or (
             metrics and done <= 1 and set(results) <= {METRICS, BEST, epoch_checkpoint(1)}
         ):
-            return "start_over"
+            return Start.START_OVER
         raise UserError(
             f"--resume: {self.path} holds results ({', '.join(results)}) but no {RESUME} "
             f"to continue from, so this run cannot be resumed{keep}, or train into another "
             "--checkpoint_dir"
         )
 
-    def metrics(self) -> dict:
-        """metrics.json, checked to be what train.py writes (an object with an epochs list)."""
-        m = self.read_json(METRICS, dict)
-        if not isinstance(m.get("epochs"), list) or not all(
-            isinstance(e, dict) for e in m["epochs"]
-        ):
-            raise UserError(f"{self.file(METRICS)} has no list of epochs: not written by train.py")
-        return m
-
-    def resume_command(self, argv: Sequence[str], world_size: int = 1) -> str:
-        """The command that continues this run: the same flags, with --resume (and the
-        same number of processes: a resume with another world size is refused)."""
-        argv = [a for a in argv if a != "--overwrite"]
-        if "--resume" not in argv:
-            argv.append("--resume")
-        if "--checkpoint_dir" not in " ".join(argv):
-            argv += ["--checkpoint_dir", str(self.path)]
-        # The interpreter that is running (the venv's, say): the command works as printed.
-        launcher = [interpreter()]
-        if world_size > 1:
-            launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(world_size)]
-        return shlex.join([*launcher, "train.py", *argv])
-
-    def load_resume_state(self, device: Any) -> dict:
-        """The saved state of the last completed epoch.
+    def _load_resume_state(self) -> dict:
+        """The saved state of the last completed epoch, on the CPU (the trainer moves
+        each part where it belongs: the RNG state must stay on the CPU).
 
         Loaded with ``weights_only=True``: a planted file cannot run code. The
         state holds only tensors, numbers, strings, lists and dicts.
@@ -403,14 +406,14 @@ class RunFolder:
             "changed. Start the run again with --overwrite"
         )
         try:
-            state = torch.load(path, map_location=device, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise UserError(
                 foreign.format("it holds pickled objects, which are not loaded")
             ) from None
         except Exception as e:  # written atomically: only a damaged disk or a foreign file
             raise UserError(foreign.format(f"unreadable: {type(e).__name__}")) from None
-        if not isinstance(state, dict) or not set(state) >= RESUME_KEYS:
+        if not isinstance(state, dict) or not set(state) >= HISTORY_KEYS | STATE_KEYS:
             raise UserError(foreign.format("its contents are not a resume state"))
         best = state.get("best")
         if best and not self.file(BEST).is_file():
@@ -421,10 +424,44 @@ class RunFolder:
             )
         return state
 
-    def history(self) -> History:
-        """The history metrics.json records (for a run whose epochs are all done)."""
-        m = self.metrics()
-        return History(epoch=len(m["epochs"]), best=m.get("best"), epochs=m["epochs"])
+    def resume_command(self, program: Path, argv: Sequence[str], world_size: int = 1) -> str:
+        """The command that continues this run: the same flags, with --resume (and the
+        same number of processes: a resume with another world size is refused)."""
+        argv = [a for a in argv if a != "--overwrite"]
+        if "--resume" not in argv:
+            argv.append("--resume")
+        if "--checkpoint_dir" not in " ".join(argv):
+            argv += ["--checkpoint_dir", str(self.path)]
+        # The interpreter that is running (the venv's, say) and the program's path
+        # as seen from here: the command works as printed, from this directory.
+        launcher = [shell_path(Path(sys.executable))]
+        if world_size > 1:
+            launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(world_size)]
+        return shlex.join([*launcher, shell_path(program), *argv])
+
+
+def shell_path(path: Path) -> str:
+    """``path`` as a command typed here would name it: relative to the working
+    directory when it lies below it, else absolute."""
+    path = Path(os.path.abspath(path))
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def _on_cpu(state_dict: dict) -> dict:
+    """A device-independent copy: best_model.pkl loads anywhere without map_location."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+
+
+def _history_from(saved: dict, source: Path) -> History:
+    try:
+        return History.from_json(saved)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(
+            f"--resume: {source} does not hold the epochs train.py writes; nothing was "
+            "changed. Start the run again with --overwrite"
+        ) from None
 
 
 def _names(folder: Path) -> list[str]:
@@ -440,7 +477,7 @@ def _differences(saved: dict, now: dict, skip: frozenset[str] = frozenset()) -> 
 
 
 def _data_differences(saved: dict, now: dict) -> list[str]:
-    """Per set, what differs: the number of images, or their names/scores/sizes."""
+    """Per set, what differs: the number of images, or their names/labels/sizes."""
     changed = []
     for name in sorted(set(saved) | set(now)):
         a, b = saved.get(name), now.get(name)
@@ -468,23 +505,52 @@ def _lock_holder(folder: Path) -> str:
     return "another process"
 
 
-def interpreter() -> str:
-    """sys.executable, relative to the working directory when it lies below it."""
-    path = Path(sys.executable)
-    with contextlib.suppress(ValueError):
-        return str(path.relative_to(Path.cwd()))
-    return str(path)
+# -- train.log ------------------------------------------------------------------------------
+
+_logger_ids = itertools.count()  # one logger per run_logger block, never shared
 
 
-# What resume_state.pt holds (resume_state below, with the trainer's states).
-RESUME_KEYS = frozenset({"epoch", "best", "epochs", "model", "optimizer", "scaler", "torch_rng"})
+@contextlib.contextmanager
+def run_logger(
+    log_path: Path | None, echo: Callable[[str], None] = print
+) -> Iterator[logging.Logger]:
+    """A logger writing timestamped lines to ``log_path`` (when given) and echoing them."""
+    logger = logging.getLogger(f"hyperiqa.run.{next(_logger_ids)}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
 
+    class _Echo(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            echo(self.format(record))
 
-def resume_state(history: History, **states: Any) -> dict:
-    """What resume_state.pt holds: the history plus the named states
-    (model, optimizer, scaler, torch_rng)."""
-    return {"epoch": history.epoch, "best": history.best, "epochs": history.epochs, **states}
+    class _LogFile(logging.FileHandler):
+        # logging's default prints a traceback and carries on; a log line that
+        # cannot be written (full disk) should stop the run like any failed write.
+        def handleError(self, record: logging.LogRecord) -> None:
+            err = sys.exc_info()[1]
+            reason = getattr(err, "strerror", None) or err
+            raise WriteError(f"could not write {self.baseFilename}: {reason}")
 
-
-def history_of(state: dict) -> History:
-    return History(epoch=state["epoch"], best=state["best"], epochs=state["epochs"])
+    # Open the file first: if that fails, no handler is left on the logger.
+    file_handler = None
+    if log_path is not None:
+        try:
+            file_handler = _LogFile(log_path, encoding="utf-8")
+        except OSError as e:
+            raise WriteError(f"could not open {log_path}: {e.strerror or e}") from None
+        file_handler.setFormatter(fmt)
+    console = _Echo()
+    console.setFormatter(fmt)
+    logger.addHandler(console)
+    if file_handler is not None:
+        logger.addHandler(file_handler)
+    try:
+        yield logger
+    finally:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+            # Closing flushes: on a full disk that fails again, and must not
+            # hide the error that is already on its way out.
+            with contextlib.suppress(OSError):
+                h.close()

@@ -1,22 +1,22 @@
-"""Every runtime decision, made once: device, precision, memory layout, cuDNN
-autotuning, loader, workers and the per-process batch.
+"""Every runtime decision, made once: device, processes, precision, memory layout,
+cuDNN autotuning, compilation, loader, workers and the per-process batch.
 
 ``resolve_runtime`` turns the user's requests (``auto`` values included) into
-one frozen ``Runtime``; the trainer, evaluation, predict and the benchmark all
-take that object instead of deciding again. It also applies what it decides to
-the model's inputs (``autocast``, ``prepare_input``), so "how does this run
-compute" has one answer in one file.
+one frozen ``Runtime``; training, evaluate.py, predict.py, the ``Scorer`` and
+the benchmark all take that object instead of deciding again. It also applies
+what it decides to the model and its inputs (``prepare_model``, ``autocast``,
+``prepare_input``), so "how does this run compute" has one answer in one file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 
 import torch
 
-from hyperiqa.arg_types import usable_cores
-from hyperiqa.distributed import DistInfo
+from hyperiqa.distributed import DistInfo, init_distributed
 from hyperiqa.errors import UserError
 from pipelines.factory import DALI_PACKAGES, dali_available
 from pipelines.loader import LoaderSettings
@@ -42,7 +42,11 @@ class Runtime:
     # cuDNN's autotuner (torch.backends.cudnn.benchmark): on by default on CUDA,
     # off with --no_cudnn_benchmark, always off on the CPU. Set by apply_backend_flags.
     cudnn_benchmark: bool = False
+    compile: bool = False  # torch.compile the training step
     dist: DistInfo = field(default_factory=DistInfo)
+    dali_threads: int = 4  # DALI CPU threads (file reading; decoding too on the CPU backend)
+    dali_hw_decoder_load: float = 0.65  # share of JPEGs for the hardware decoder (A100/H100)
+    dali_prefetch: int = 2  # windows DALI decodes ahead of training
 
     @property
     def cuda(self) -> bool:
@@ -92,23 +96,16 @@ class Runtime:
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
-    def loader_settings(
-        self,
-        resize: tuple[int, int],
-        *,
-        dali_threads: int = 4,
-        dali_hw_decoder_load: float = 0.65,
-        dali_prefetch: int = 2,
-    ) -> LoaderSettings:
+    def loader_settings(self, resize: tuple[int, int]) -> LoaderSettings:
         return LoaderSettings(
             resize=resize,
             batch_size=self.batch_per_rank,
             device=self.device,
             dtype=self.input_dtype,
             num_workers=self.num_workers,
-            dali_threads=dali_threads,
-            dali_hw_decoder_load=dali_hw_decoder_load,
-            dali_prefetch=dali_prefetch,
+            dali_threads=self.dali_threads,
+            dali_hw_decoder_load=self.dali_hw_decoder_load,
+            dali_prefetch=self.dali_prefetch,
         )
 
 
@@ -121,13 +118,19 @@ def resolve_runtime(
     batch_size: int,
     channels_last: bool = True,
     cudnn_benchmark: bool = True,
-    dist: DistInfo | None = None,
+    compile: bool = False,
+    distributed: bool = False,
+    dali_threads: int = 4,
+    dali_hw_decoder_load: float = 0.65,
+    dali_prefetch: int = 2,
 ) -> Runtime:
     """Decide how this process computes. ``amp=None`` means the default (bf16
-    on CUDA); ``--batch_size`` is the global batch, split evenly over ranks;
-    ``cudnn_benchmark`` applies on CUDA only."""
-    dist = dist or DistInfo()
+    on CUDA); ``batch_size`` is the global batch, split evenly over ranks;
+    ``cudnn_benchmark`` applies on CUDA only. ``distributed``: join the process
+    group when torchrun started this process (a library object such as the
+    Scorer never does)."""
     dev = resolve_device(device)
+    dist = init_distributed(dev.type) if distributed else DistInfo()
     if dev.type != "cuda" and amp in AMP_DTYPES:
         raise UserError(f"--amp {amp} needs CUDA; on the CPU training runs in fp32")
     if dev.type == "cuda" and dist.enabled:
@@ -143,7 +146,11 @@ def resolve_runtime(
         num_workers=default_workers(dev) if num_workers is None else num_workers,
         batch_per_rank=per_rank_batch(batch_size, dist),
         cudnn_benchmark=cudnn_benchmark and cuda,
+        compile=compile,
         dist=dist,
+        dali_threads=dali_threads,
+        dali_hw_decoder_load=dali_hw_decoder_load,
+        dali_prefetch=dali_prefetch,
     )
 
 
@@ -187,6 +194,14 @@ def default_workers(device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     return min(usable_cores(), 8)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the OS has one),
+    not the host's: the default of every worker count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def per_rank_batch(batch_size: int, dist: DistInfo) -> int:

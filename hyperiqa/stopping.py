@@ -35,7 +35,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.requested: int | None = None
-        self._deferring = False
+        self._deferring = 0  # nesting depth of deferred() blocks
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
@@ -48,11 +48,12 @@ class StopSignals:
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
-        self._deferring = True
+        """Inside the block a signal is only noted; blocks nest (the outermost ends it)."""
+        self._deferring += 1
         try:
             yield
         finally:
-            self._deferring = False
+            self._deferring -= 1
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if not self._deferring or self.requested is not None:

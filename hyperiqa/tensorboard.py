@@ -8,9 +8,11 @@ The tensorboard package is optional and imported only when asked for.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from hyperiqa.errors import UserError
+from hyperiqa.history import EpochRecord, HeldOutResult
 from hyperiqa.run_folder import BOARD
 
 EPOCH_SCALARS = ("train_loss", "train_srcc", "val_srcc", "val_plcc", "train_patches_per_s")
@@ -40,16 +42,17 @@ class Board:
         self.writer.add_scalar("step/lr_backbone", lr_backbone, step)
         self.writer.add_scalar("step/lr_hypernet", lr_hypernet, step)
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, record: EpochRecord) -> None:
         for key in EPOCH_SCALARS:
-            if row.get(key) is not None:
-                self.writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
+            value = getattr(record, key)
+            if value is not None:
+                self.writer.add_scalar(f"epoch/{key}", value, record.epoch)
         self.writer.flush()
 
-    def scores(self, name: str, result: dict) -> None:
-        for key in ("srcc", "plcc", "krcc"):
-            if result.get(key) is not None:
-                self.writer.add_scalar(f"{name}/{key}", result[key], result["epoch"])
+    def held_out(self, name: str, result: HeldOutResult) -> None:
+        for key, value in asdict(result.correlations).items():
+            if key != "num_images" and value is not None:
+                self.writer.add_scalar(f"{name}/{key}", value, result.epoch)
         self.writer.flush()
 
     def close(self) -> None:

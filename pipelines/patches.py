@@ -25,6 +25,11 @@ import numpy as np
 _TRAIN_STREAM = 1
 _VAL_STREAM = 2
 
+# The training guide's crops: every image resized to 384x512 (H x W: half of
+# KonIQ-10k's 768x1024, aspect kept) and cut into 25 patches.
+DEFAULT_RESIZE = (384, 512)
+DEFAULT_PATCHES_PER_IMAGE = 25
+
 # Evaluation crops do not depend on the training seed: validation during
 # training, evaluate.py and predict.py all cut the same crops, so runs with
 # different seeds are compared on the same crops, and evaluate.py on a run's

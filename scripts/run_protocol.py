@@ -62,12 +62,13 @@ from types import FrameType
 
 from hyperiqa.arg_types import open_fraction, positive_int
 from hyperiqa.atomic import write_bytes_atomic
-from hyperiqa.config import SPEED_FLAGS
+from hyperiqa.config import flags_json
 from hyperiqa.config import parse_args as parse_train_args
 from hyperiqa.errors import JSON_ERRORS, json_problem
 from hyperiqa.protocol import format_summary, parse_seeds, summarize, write_summary
-from hyperiqa.run_folder import RunFolder, interpreter
+from hyperiqa.run_folder import RunFolder, shell_path
 from hyperiqa.run_summary import RunFolderError, load_run
+from hyperiqa.spec import RESUME_MAY_CHANGE
 from hyperiqa.stopping import EXIT_INTERRUPTED, STOP_SIGNALS, Interrupted
 
 PROG = "run_protocol"
@@ -80,7 +81,7 @@ DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION = 0.2, 0.1
 RESERVED = ("--dataset_root", "--train_json", "--val_json", "--test_json", "--val_split",
             "--seed", "--checkpoint_dir", "--resume", "--overwrite", "--demo")  # fmt: skip
 # Flags in args.json that name the split rather than the protocol (or change only speed).
-NOT_PROTOCOL = SPEED_FLAGS | {"seed", "train_json", "val_json", "test_json", "world_size"}
+NOT_PROTOCOL = RESUME_MAY_CHANGE | {"seed", "train_json", "val_json", "test_json", "world_size"}
 # Signals passed on to the training: Ctrl-C, SIGTERM, and a closed terminal.
 FORWARDED = (*STOP_SIGNALS, signal.SIGHUP)
 
@@ -179,10 +180,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def this_command(argv: Sequence[str]) -> str:
     """The command that runs the protocol again as given (it continues where it stopped)."""
-    script = os.path.relpath(__file__)
-    if script.startswith(".."):
-        script = __file__
-    return shlex.join([interpreter(), script, *argv])
+    return shlex.join([shell_path(Path(sys.executable)), shell_path(Path(__file__)), *argv])
 
 
 # -- the protocol's layout and settings ---------------------------------------------------
@@ -228,7 +226,7 @@ def train_settings(argv: Sequence[str]) -> dict:
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
-            return parse_train_args(argv).to_json()
+            return flags_json(parse_train_args(argv))
     except SystemExit as exc:
         if exc.code == 0:  # -- --help: train.py's help was printed
             raise
@@ -391,7 +389,7 @@ def next_step(folder: Path) -> str:
         run = load_run(folder)
         if run.completed:
             return "skip" if run.test is not None else "foreign"
-    return "resume" if RunFolder(folder).holds_run() else "train"
+    return "resume" if RunFolder(folder, epochs=1).holds_run() else "train"
 
 
 def run_split(args: argparse.Namespace, seed: int, children: Children) -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scripts.make_demo_dataset import write_demo_dataset
+from hyperiqa.demo_data import write_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,9 +25,9 @@ import hyperiqa.run_folder
 import hyperiqa.runtime
 import train
 from hyperiqa import check_data
-from hyperiqa.run_folder import interpreter
+from hyperiqa.demo_data import natural_image
+from hyperiqa.run_folder import shell_path
 from pipelines.images import load_rgb
-from scripts.make_demo_dataset import natural_image
 from tests.conftest import (
     FINISHED_FILES,
     ROOT,
@@ -394,7 +394,7 @@ def test_full_disk_in_epoch_2_keeps_epoch_1_and_resumes(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert f"could not write {run / 'best_model.pkl'}: No space left on device" in err
-    assert f"resume with: {interpreter()} train.py" in err
+    assert f"resume with: {shell_path(Path(sys.executable))} train.py" in err
 
     # Epoch 1's files are whole: its metrics, and its weights as best model.
     assert [e["epoch"] for e in read_json(run / "metrics.json")["epochs"]] == [1]

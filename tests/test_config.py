@@ -1,5 +1,5 @@
 """Tests for hyperiqa.config: the training defaults (the original release's), flag checks, demo
-overrides and the run-folder name."""
+overrides, the run-folder name, and ``resolve`` into the run's RunSpec (args.json)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,20 @@ from hyperiqa.config import (
     DEFAULT_CHECKPOINTS,
     DEMO_DEFAULTS,
     DEMO_VAL_SPLIT,
-    TrainConfig,
     build_parser,
     format_lr,
     parse_args,
-    run_name,
-    run_path,
+    resolve,
 )
+from hyperiqa.spec import RunSpec
+
+
+def spec_of(*argv: str) -> RunSpec:
+    return resolve(parse_args(list(argv)))
 
 
 @pytest.fixture(scope="module")
-def defaults() -> TrainConfig:
+def defaults() -> argparse.Namespace:
     return parse_args([])
 
 
@@ -37,7 +40,7 @@ def defaults() -> TrainConfig:
     [
         ("dataset_root", "../datasets/"),
         ("train_json", "../datasets/metas/koniq_train.json"),
-        ("val_split", 0.1),
+        ("val_split", None),  # resolved: 0.1, or 0 with --val_json
         ("lr", 2e-5),
         ("lr_ratio", 10.0),
         ("weight_decay", 5e-4),
@@ -57,53 +60,54 @@ def defaults() -> TrainConfig:
         ("demo", False),
     ],
 )
-def test_training_defaults(defaults: TrainConfig, field: str, expected) -> None:
+def test_training_defaults(defaults: argparse.Namespace, field: str, expected) -> None:
     assert getattr(defaults, field) == expected
     assert type(getattr(defaults, field)) is type(expected)
 
 
-def test_defaults_name_and_path(defaults: TrainConfig) -> None:
-    assert run_name(defaults) == "lr2e-5_bs96_ep16_val0.1_seed42"
-    assert run_path(defaults) == DEFAULT_CHECKPOINTS / "lr2e-5_bs96_ep16_val0.1_seed42"
-    assert run_path(defaults) == Path("../checkpoints/lr2e-5_bs96_ep16_val0.1_seed42")
+def test_defaults_resolve_to_the_paper_run_on_this_cpu() -> None:
+    spec = spec_of("--device", "cpu")
+    assert spec.val_split == 0.1 and spec.shuffle_window == 96
+    assert spec.run_dir == DEFAULT_CHECKPOINTS / "lr2e-5_bs96_ep16_val0.1_seed42"
+    assert spec.run_dir == Path("../checkpoints/lr2e-5_bs96_ep16_val0.1_seed42")
+    rt = spec.runtime
+    assert (rt.device.type, rt.loader, rt.amp_name, rt.num_workers) == ("cpu", "pillow", "off", 0)
 
 
-def test_every_parser_flag_reaches_the_config() -> None:
+def test_every_parser_flag_reaches_args_json() -> None:
     dests = {a.dest for a in build_parser()._actions if a.dest != "help"}
     resolved_only = {"world_size"}  # set from torchrun's environment, not a flag
-    assert dests == {f.name for f in dataclasses.fields(TrainConfig)} - resolved_only
+    assert set(spec_of("--device", "cpu").to_json()) == dests | resolved_only
 
 
 def test_valid_values_parse() -> None:
-    cfg = parse_args(
-        [
-            "--val_split",
-            "0",
-            "--resize",
-            "512x384",
-            "--batch_size",
-            "1",
-            "--epochs",
-            "1",
-            "--lr",
-            "1e-3",
-            "--loader",
-            "pillow",
-            "--device",
-            "cpu",
-            "--weight_decay",
-            "0",
-            "--seed",
-            "0",
-        ]
+    cfg = spec_of(
+        "--val_split",
+        "0",
+        "--resize",
+        "512x384",
+        "--batch_size",
+        "1",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--loader",
+        "pillow",
+        "--device",
+        "cpu",
+        "--weight_decay",
+        "0",
+        "--seed",
+        "0",
     )
     assert cfg.val_split == 0.0
     assert cfg.resize == (512, 384)
     assert cfg.batch_size == 1
     assert cfg.epochs == 1
     assert cfg.lr == 1e-3
-    assert cfg.loader == "pillow"
-    assert cfg.device == "cpu"
+    assert cfg.runtime.loader == "pillow"
+    assert cfg.runtime.device.type == "cpu"
     assert cfg.weight_decay == 0.0
     assert cfg.seed == 0
 
@@ -203,6 +207,25 @@ def test_unknown_flag_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--no_such_flag" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--eval_json", "c=a.json", "--eval_json", "c=b.json"], "--eval_json: the name 'c'"),
+        (["--eval_json", "c=a.json", "--eval_root", "c=/x", "--eval_root", "c=/y"],
+         "--eval_root: the name 'c' is used twice"),
+        (["--eval_root", "k=/x"], "--eval_root: no --eval_json named 'k'"),
+        (["--eval_json", "val=v.json"], "'val' names the run's own val set"),
+    ],
+)  # fmt: skip
+def test_held_out_set_names_are_checked(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    assert error in capsys.readouterr().err
+
+
 # -- demo -----------------------------------------------------------------------
 
 
@@ -211,8 +234,7 @@ def test_demo_applies_demo_defaults() -> None:
     assert cfg.demo is True
     for key, value in DEMO_DEFAULTS.items():
         assert getattr(cfg, key) == value, key
-    assert run_name(cfg).startswith("demo_")
-    assert run_name(cfg) == "demo_lr1e-4_bs16_ep6_val0.333_seed42"
+    assert resolve(cfg).run_dir.name == "demo_lr1e-4_bs16_ep6_val0.333_seed42"
 
 
 @pytest.mark.parametrize(
@@ -234,7 +256,7 @@ def test_demo_explicit_flags_win(argv: list[str]) -> None:
 
 
 def test_demo_explicit_resize_and_lr_win() -> None:
-    cfg = parse_args(["--demo", "--resize=300x400", "--lr", "3e-4", "--val_split", "0"])
+    cfg = spec_of("--demo", "--resize=300x400", "--lr", "3e-4", "--val_split", "0")
     assert cfg.resize == (300, 400)
     assert cfg.lr == 3e-4
     assert cfg.val_split == 0.0
@@ -242,8 +264,8 @@ def test_demo_explicit_resize_and_lr_win() -> None:
 
 
 def test_demo_splits_a_third_for_validation_unless_val_json_is_given() -> None:
-    assert parse_args(["--demo"]).val_split == DEMO_VAL_SPLIT
-    cfg = parse_args(["--demo", "--val_json", "held_out.json"])
+    assert spec_of("--demo").val_split == DEMO_VAL_SPLIT
+    cfg = spec_of("--demo", "--val_json", "held_out.json")
     assert (cfg.val_json, cfg.val_split) == ("held_out.json", 0.0)
 
 
@@ -295,63 +317,54 @@ def test_format_lr(lr: float, text: str) -> None:
     assert format_lr(lr) == text
 
 
-def _cfg(**overrides) -> TrainConfig:
-    return dataclasses.replace(parse_args([]), **overrides)
-
-
 @pytest.mark.parametrize(
     ("val_split", "text"),
-    [(0.1, "val0.1"), (0.0, "val0"), (0.25, "val0.25"), (0.2, "val0.2")],
+    [("0.1", "val0.1"), ("0", "val0"), ("0.25", "val0.25"), ("0.2", "val0.2")],
 )
-def test_run_name_val(val_split: float, text: str) -> None:
-    assert f"_{text}_" in run_name(_cfg(val_split=val_split))
+def test_run_name_val(val_split: str, text: str) -> None:
+    assert f"_{text}_" in spec_of("--val_split", val_split).run_dir.name
 
 
 def test_run_name_full() -> None:
-    cfg = _cfg(lr=1e-4, batch_size=32, epochs=8, val_split=0.0, seed=7)
-    assert run_name(cfg) == "lr1e-4_bs32_ep8_val0_seed7"
+    spec = spec_of("--lr", "1e-4", "--batch_size", "32", "--epochs", "8", "--val_split", "0",
+                   "--seed", "7")  # fmt: skip
+    assert spec.run_dir.name == "lr1e-4_bs32_ep8_val0_seed7"
 
 
 def test_run_name_from_flags() -> None:
-    cfg = parse_args(["--lr", "2.5e-5", "--batch_size", "48", "--epochs", "10", "--seed", "1"])
-    assert run_name(cfg) == "lr2.5e-5_bs48_ep10_val0.1_seed1"
+    spec = spec_of("--lr", "2.5e-5", "--batch_size", "48", "--epochs", "10", "--seed", "1")
+    assert spec.run_dir.name == "lr2.5e-5_bs48_ep10_val0.1_seed1"
 
 
 def test_run_path_with_checkpoint_dir(tmp_path: Path) -> None:
-    cfg = parse_args(["--checkpoint_dir", str(tmp_path / "myrun")])
-    assert run_path(cfg) == tmp_path / "myrun"
+    assert spec_of("--checkpoint_dir", str(tmp_path / "myrun")).run_dir == tmp_path / "myrun"
 
 
 def test_run_path_without_checkpoint_dir() -> None:
-    cfg = _cfg(lr=3e-4)
-    assert run_path(cfg) == Path("../checkpoints") / "lr3e-4_bs96_ep16_val0.1_seed42"
+    assert (
+        spec_of("--lr", "3e-4").run_dir == Path("../checkpoints") / "lr3e-4_bs96_ep16_val0.1_seed42"
+    )
 
 
 # -- args.json --------------------------------------------------------------------
 
 
-def test_to_json_round_trips() -> None:
-    cfg = parse_args(["--resize", "384x512", "--lr", "1e-4", "--checkpoint_dir", "x"])
-    d = cfg.to_json()
-    assert d["resize"] == "384x512"
-    text = json.dumps(d)  # must be JSON-serialisable as is
-    back = json.loads(text)
-    assert back == d
-    assert set(back) == {f.name for f in dataclasses.fields(TrainConfig)}
-    # The JSON values re-parse to the same config: resize via its HxW flag form.
-    restored = dict(back)
-    restored["resize"] = tuple(int(v) for v in back["resize"].split("x"))
-    restored["eval_json"], restored["eval_root"] = (
-        tuple(back["eval_json"]),
-        tuple(back["eval_root"]),
-    )
-    assert TrainConfig(**restored) == cfg
+def test_args_json_records_what_the_run_used() -> None:
+    spec = spec_of("--resize", "384x512", "--lr", "1e-4", "--checkpoint_dir", "x",
+                   "--device", "cpu", "--eval_json", "c=c.json")  # fmt: skip
+    d = spec.to_json()
+    assert json.loads(json.dumps(d)) == d  # JSON as it is
+    assert d["resize"] == "384x512" and d["eval_json"] == ["c=c.json"]
+    # Every "auto" and every dependent default is replaced by what was decided.
+    assert (d["device"], d["loader"], d["amp"], d["num_workers"]) == ("cpu", "pillow", "off", 0)
+    assert (d["val_split"], d["shuffle_window"], d["world_size"]) == (0.1, 96, 1)
+    assert d["checkpoint_dir"] == "x" and d["backbone"] == "resnet50"
 
 
-def test_to_json_does_not_mutate_config() -> None:
-    cfg = parse_args(["--resize", "256x320", "--patch_size", "224"])
-    cfg.to_json()
-    assert cfg.resize == (256, 320)
+def test_the_spec_is_frozen() -> None:
+    spec = spec_of("--device", "cpu")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.lr = 1.0  # type: ignore[misc]
 
 
 def test_help_shows_a_zero_default() -> None:

@@ -47,7 +47,7 @@ def test_load_samples(tmp_path: Path, root: Path) -> None:
         Sample("b.jpg", root / "b.jpg", 3.0),
         Sample("sub/c.png", root / "sub" / "c.png", -1.25),
     ]
-    assert all(type(s.score) is float for s in samples)
+    assert all(type(s.label) is float for s in samples)
 
 
 def test_load_samples_accepts_str_paths(tmp_path: Path, root: Path) -> None:

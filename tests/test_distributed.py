@@ -76,7 +76,7 @@ def test_val_metrics_equal_a_single_process_evaluation(
     samples = load_samples(data / "demo.json", data)
     _, val = split_samples(samples, 0.3, 42)
     val_json = tmp_path / "val.json"
-    val_json.write_text(json.dumps([{"image": s.image, "score": s.score} for s in val]))
+    val_json.write_text(json.dumps([{"image": s.image, "score": s.label} for s in val]))
     out = tmp_path / "eval.json"
     argv = [
         "--checkpoint", str(run / "best_model.pkl"), "--test_json", str(val_json),
@@ -107,14 +107,27 @@ def test_train_sh_rejects_a_bad_gpu_count() -> None:
 
 
 def test_resume_command_repeats_the_launcher(tmp_path: Path) -> None:
-    from hyperiqa.run_folder import RunFolder, interpreter
+    from hyperiqa.run_folder import RunFolder, shell_path
 
-    run = RunFolder(tmp_path / "r")
-    single = run.resume_command(["--epochs", "3", "--overwrite"])
+    run = RunFolder(tmp_path / "r", epochs=3)
+    train_py = ROOT / "train.py"
+    single = run.resume_command(train_py, ["--epochs", "3", "--overwrite"])
     # The interpreter that runs now (the venv's), so the command works as printed.
-    assert interpreter() in (sys.executable, os.path.relpath(sys.executable))
-    assert single.startswith(f"{interpreter()} train.py --epochs 3 --resume --checkpoint_dir")
+    python = shell_path(Path(sys.executable))
+    assert python in (sys.executable, os.path.relpath(sys.executable))
+    assert single.startswith(f"{python} train.py --epochs 3 --resume --checkpoint_dir")
     assert "--overwrite" not in single
-    assert run.resume_command(["--epochs", "3"], world_size=4).startswith(
-        f"{interpreter()} -m torch.distributed.run --nproc_per_node 4 train.py --epochs 3 --resume"
+    assert run.resume_command(train_py, ["--epochs", "3"], world_size=4).startswith(
+        f"{python} -m torch.distributed.run --nproc_per_node 4 train.py --epochs 3 --resume"
     )
+
+
+def test_the_resume_command_names_train_py_as_seen_from_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Launched from another directory, the printed command still finds train.py."""
+    from hyperiqa.run_folder import RunFolder
+
+    monkeypatch.chdir(tmp_path)
+    command = RunFolder(tmp_path / "r", epochs=3).resume_command(ROOT / "train.py", [])
+    assert f" {ROOT / 'train.py'} --resume" in command

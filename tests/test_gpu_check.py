@@ -19,8 +19,9 @@ import torch
 
 import throughput
 from hyperiqa import runtime
-from hyperiqa.config import SPEED_FLAGS, parse_args
+from hyperiqa.config import parse_args
 from hyperiqa.runtime import Runtime, resolve_runtime
+from hyperiqa.spec import RESUME_MAY_CHANGE
 from tests.conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
@@ -239,7 +240,7 @@ def test_cudnn_benchmark_is_applied_in_one_place(restore_cudnn_flag) -> None:
 def test_no_cudnn_benchmark_flag() -> None:
     assert parse_args([]).cudnn_benchmark is True
     assert parse_args(["--no_cudnn_benchmark"]).cudnn_benchmark is False
-    assert "cudnn_benchmark" in SPEED_FLAGS  # a resume may change it
+    assert "cudnn_benchmark" in RESUME_MAY_CHANGE  # a resume may change it
     assert runtime.resolve_runtime.__kwdefaults__["cudnn_benchmark"] is True
 
 

@@ -11,7 +11,8 @@ import pytest
 
 import evaluate
 import train
-from hyperiqa.config import parse_args, run_name
+from hyperiqa.config import parse_args, resolve
+from hyperiqa.spec import HeldOutSet
 from tests.conftest import make_dataset, read_json, tiny_train_args
 
 TEST_KEYS = {"epoch", "srcc", "plcc", "krcc", "num_images"}
@@ -145,12 +146,15 @@ def test_bad_eval_flags(argv: list[str], message: str, capsys: pytest.CaptureFix
 
 
 def test_run_name_uses_the_val_file(tmp_path: Path) -> None:
-    cfg = parse_args(["--val_json", str(tmp_path / "koniq_val.json")])
-    assert run_name(cfg) == "lr2e-5_bs96_ep16_valkoniq_val_seed42"
-    assert run_name(parse_args([])) == "lr2e-5_bs96_ep16_val0.1_seed42"
+    spec = resolve(parse_args(["--val_json", str(tmp_path / "koniq_val.json")]))
+    assert spec.run_dir.name == "lr2e-5_bs96_ep16_valkoniq_val_seed42"
+    assert resolve(parse_args([])).run_dir.name == "lr2e-5_bs96_ep16_val0.1_seed42"
 
 
 def test_eval_root_gives_a_set_its_own_image_folder(tmp_path: Path) -> None:
-    cfg = parse_args(["--eval_json", "c=c.json", "--eval_root", "c=/data/clive",
-                      "--test_json", "t.json", "--dataset_root", "/data"])  # fmt: skip
-    assert cfg.eval_sets() == {"test": ("t.json", "/data"), "c": ("c.json", "/data/clive")}
+    spec = resolve(parse_args(["--eval_json", "c=c.json", "--eval_root", "c=/data/clive",
+                               "--test_json", "t.json", "--dataset_root", "/data"]))  # fmt: skip
+    assert spec.held_out_sets() == {
+        "test": HeldOutSet("t.json", "/data"),
+        "c": HeldOutSet("c.json", "/data/clive"),
+    }

@@ -1,4 +1,5 @@
-"""Tests for scripts/make_demo_dataset.py: the generator and its CLI (CPU, small sizes).
+"""Tests for hyperiqa/demo_data.py (the generator) and scripts/make_demo_dataset.py
+(its CLI), on the CPU at small sizes.
 
 The script is loaded from its path with ``importlib``, as a script is run:
 the tests do not depend on how ``scripts/`` is imported.
@@ -21,6 +22,8 @@ import pytest
 from PIL import Image
 from scipy.stats import spearmanr
 
+from hyperiqa import demo_data as mdd
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "make_demo_dataset.py"
 
@@ -33,7 +36,7 @@ def _load_script() -> ModuleType:
     return module
 
 
-mdd = _load_script()
+cli = _load_script()
 
 LEVELS = [0.0, 0.25, 0.5, 0.75, 1.0]
 # Enough images to meet every (kind, level) pair: one copy per level per base
@@ -326,7 +329,7 @@ def test_cli_rejects_bad_size(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], size: str
 ) -> None:
     with pytest.raises(SystemExit) as exc:
-        mdd.main(["--out", str(tmp_path / "d"), f"--size={size}"])
+        cli.main(["--out", str(tmp_path / "d"), f"--size={size}"])
     assert exc.value.code != 0
     assert "--size" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
@@ -334,7 +337,7 @@ def test_cli_rejects_bad_size(
 
 def test_cli_rejects_bad_num_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        mdd.main(["--out", str(tmp_path / "d"), "--num_images", "0"])
+        cli.main(["--out", str(tmp_path / "d"), "--num_images", "0"])
     assert exc.value.code != 0
     assert "--num_images" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
@@ -345,7 +348,7 @@ def test_cli_errors_and_ctrl_c_are_one_line(
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert mdd.main(["--out", str(blocker / "d"), "--num_images", "2", "--size", "40x56"]) == 1
+    assert cli.main(["--out", str(blocker / "d"), "--num_images", "2", "--size", "40x56"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"make_demo_dataset.py: error: cannot write to {blocker / 'd'}: ")
     assert len(err.splitlines()) == 1
@@ -353,8 +356,8 @@ def test_cli_errors_and_ctrl_c_are_one_line(
     def ctrl_c(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mdd, "write_demo_dataset", ctrl_c)
-    assert mdd.main(["--out", str(tmp_path / "d")]) == 130
+    monkeypatch.setattr(cli, "write_demo_dataset", ctrl_c)
+    assert cli.main(["--out", str(tmp_path / "d")]) == 130
     assert capsys.readouterr().err == (
         "make_demo_dataset.py: interrupted; run it again to write the whole set\n"
     )

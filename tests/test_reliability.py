@@ -22,7 +22,7 @@ from PIL import Image
 import evaluate
 import predict
 import train
-from hyperiqa import trainer as trainer_module
+from hyperiqa import fit as trainer_module
 from hyperiqa.data import load_samples
 from hyperiqa.errors import UserError
 from pipelines.images import check_image
@@ -581,7 +581,7 @@ def test_evaluate_refuses_to_write_over_the_run_args_beside_the_checkpoint(
 def test_odd_args_json_beside_a_checkpoint_is_noted_and_ignored(
     args_json: str, note: str, unfinished: Path, tmp_path: Path
 ) -> None:
-    from hyperiqa.evaluation import crop_settings
+    from hyperiqa.scorer import crop_settings
 
     folder = tmp_path / "ckpt"
     folder.mkdir()

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import train
+from hyperiqa.fit import Trainer
 from hyperiqa.stopping import Interrupted, StopSignals
 from tests.conftest import FINISHED_WITH_VAL, ROOT, make_dataset, read_json, tiny_train_args
 
@@ -289,13 +290,13 @@ def test_ctrl_c_while_the_folder_is_prepared_stops_with_a_resume_command(
 ) -> None:
     """The folder is prepared whole (the signal waits), then the run stops and says
     how to resume; --resume then trains the run to its end."""
-    real_prepare = train.prepare_folder
+    real_begin = train.RunFolder.begin
 
-    def prepare_then_ctrl_c(*args: object, **kwargs: object) -> None:
+    def begin_then_ctrl_c(*args: object, **kwargs: object) -> None:
         os.kill(os.getpid(), signal.SIGINT)  # lands in the middle of writing the folder
-        real_prepare(*args, **kwargs)
+        real_begin(*args, **kwargs)
 
-    monkeypatch.setattr(train, "prepare_folder", prepare_then_ctrl_c)
+    monkeypatch.setattr(train.RunFolder, "begin", begin_then_ctrl_c)
     run = tmp_path / "run"
     args = three_epoch_args(data, run)
     assert train.main(args) == 130
@@ -307,19 +308,19 @@ def test_ctrl_c_while_the_folder_is_prepared_stops_with_a_resume_command(
     monkeypatch.undo()
 
     # Resumed, then stopped in epoch 2 (at its next step: epoch 1 is the last one done).
-    real_epoch = train.Trainer.run_epoch
+    real_epoch = Trainer.run_epoch
 
     def ctrl_c_in_epoch_2(self, epoch: int) -> dict:
         if epoch == 2:
             os.kill(os.getpid(), signal.SIGINT)
         return real_epoch(self, epoch)
 
-    monkeypatch.setattr(train.Trainer, "run_epoch", ctrl_c_in_epoch_2)
+    monkeypatch.setattr(Trainer, "run_epoch", ctrl_c_in_epoch_2)
     assert train.main([*args, "--resume"]) == 130
     monkeypatch.undo()
     # Resumed again and stopped while the folder is prepared: the log names epoch 1,
     # not the 0 of a fresh history.
-    monkeypatch.setattr(train, "prepare_folder", prepare_then_ctrl_c)
+    monkeypatch.setattr(train.RunFolder, "begin", begin_then_ctrl_c)
     assert train.main([*args, "--resume"]) == 130
     monkeypatch.undo()
     log = (run / "train.log").read_text()
@@ -328,13 +329,13 @@ def test_ctrl_c_while_the_folder_is_prepared_stops_with_a_resume_command(
     assert [line.split("stopped after epoch ")[1][:2] for line in stops[-2:]] == ["1;", "1;"]
 
     # A Ctrl-C during the final write lets the run end: complete, no resume state left.
-    real_remove = train.RunFolder.remove
+    real_finish = train.RunFolder.finish
 
-    def ctrl_c_then_remove(self, name: str) -> None:
+    def ctrl_c_then_finish(self, held_out: dict) -> None:
         os.kill(os.getpid(), signal.SIGINT)
-        real_remove(self, name)
+        real_finish(self, held_out)
 
-    monkeypatch.setattr(train.RunFolder, "remove", ctrl_c_then_remove)
+    monkeypatch.setattr(train.RunFolder, "finish", ctrl_c_then_finish)
     assert train.main([*args, "--resume"]) == 0
     assert read_json(run / "metrics.json")["completed"] is True
     assert not (run / "resume_state.pt").exists()

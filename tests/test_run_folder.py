@@ -1,5 +1,5 @@
-"""Tests for hyperiqa.run_folder: atomic writes, refusing to overwrite a run,
-clearing an old run, and the run logger."""
+"""Tests for hyperiqa.run_folder (and the atomic writes it uses): refusing to
+overwrite a run, clearing an old run, recording epochs, and the run logger."""
 
 from __future__ import annotations
 
@@ -11,17 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyperiqa import run_folder as rd
+from hyperiqa import atomic as rd
+from hyperiqa.atomic import WriteError, save_torch_atomic, write_json_atomic, write_json_output
 from hyperiqa.errors import UserError
-from hyperiqa.run_folder import (
-    RunFolder,
-    WriteError,
-    epoch_checkpoint,
-    save_torch_atomic,
-    write_json_atomic,
-    write_json_output,
-)
-from hyperiqa.run_log import run_logger
+from hyperiqa.history import EpochRecord
+from hyperiqa.run_folder import RunFolder, Start, epoch_checkpoint, run_logger
 
 TIMESTAMP = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}"
 
@@ -154,8 +148,18 @@ def _fill_run(folder: Path) -> None:
     (folder / "train.log").write_text("2024-01-01 00:00:00 hello\n")
 
 
+def folder_of(path: Path, epochs: int = 3, **kw: bool) -> RunFolder:
+    return RunFolder(path, epochs=epochs, **kw)
+
+
+def open_new(path: Path, overwrite: bool = False) -> RunFolder:
+    run = folder_of(path)
+    assert run.open({}, {}, [], resume=False, overwrite=overwrite) is Start.NEW
+    return run
+
+
 def test_holds_run(tmp_path: Path) -> None:
-    run = RunFolder(tmp_path / "run")
+    run = folder_of(tmp_path / "run")
     assert not run.holds_run()  # folder missing
     run.path.mkdir()
     assert not run.holds_run()
@@ -163,7 +167,7 @@ def test_holds_run(tmp_path: Path) -> None:
     (run.path / "notes.txt").write_text("x")
     assert not run.holds_run()  # a log alone is no run
     for marker in ("args.json", "metrics.json", "best_model.pkl", "resume_state.pt"):
-        other = RunFolder(tmp_path / marker)
+        other = folder_of(tmp_path / marker)
         other.path.mkdir()
         (other.path / marker).write_text("x")
         assert other.holds_run(), marker
@@ -175,7 +179,7 @@ def test_refuse_existing_names_both_flags_and_changes_nothing(tmp_path: Path) ->
     (folder / "notes.txt").write_text("mine")
     before = _listing(folder)
     with pytest.raises(UserError) as exc:
-        RunFolder(folder).refuse_existing()
+        open_new(folder)
     message = str(exc.value)
     assert "--resume" in message and "--overwrite" in message
     assert str(folder) in message
@@ -187,17 +191,17 @@ def test_refuse_existing_does_not_offer_resume_for_a_finished_run(tmp_path: Path
     folder.mkdir()
     (folder / "metrics.json").write_text(json.dumps({"completed": True, "epochs": [{}]}))
     with pytest.raises(UserError) as exc:
-        RunFolder(folder).refuse_existing()
+        open_new(folder)
     message = str(exc.value)
     assert "holds a finished run" in message and "--overwrite" in message
     assert "--resume" not in message  # it would only answer "already complete"
 
 
 def test_refuse_existing_passes_on_empty_or_missing(tmp_path: Path) -> None:
-    RunFolder(tmp_path / "missing").refuse_existing()
+    open_new(tmp_path / "missing")
     assert not (tmp_path / "missing").exists()
     (tmp_path / "empty").mkdir()
-    RunFolder(tmp_path / "empty").refuse_existing()
+    open_new(tmp_path / "empty")
 
 
 def test_clear_previous_run_removes_only_run_files(tmp_path: Path) -> None:
@@ -213,25 +217,33 @@ def test_clear_previous_run_removes_only_run_files(tmp_path: Path) -> None:
         (folder / name).write_bytes(data)
     (folder / "plots").mkdir()
     (folder / "plots" / "args.json").write_text("{}")
-    RunFolder(folder).clear_previous_run()
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*keep, "plots"])
+    run = open_new(folder, overwrite=True)
+    run.begin(Start.NEW, {"lr": 1}, {}, None)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [*keep, "plots", "args.json", "data.json"]
+    )
     for name, data in keep.items():
         assert (folder / name).read_bytes() == data
     assert (folder / "plots" / "args.json").exists()
 
 
-def test_check_writable_creates_folder(tmp_path: Path) -> None:
-    run = RunFolder(tmp_path / "a" / "b" / "run")
-    run.check_writable()
-    assert run.path.is_dir()
-    run.check_writable()  # existing folder: fine
+def test_claim_creates_the_folder_and_removes_it_after_a_failed_start(tmp_path: Path) -> None:
+    run = folder_of(tmp_path / "a" / "b" / "run")
+    with run.claim():
+        assert run.path.is_dir()
+    with run.claim():  # existing folder: fine
+        pass
+    other = folder_of(tmp_path / "c")
+    with pytest.raises(UserError), other.claim():
+        raise UserError("a bad image")
+    assert not other.path.exists()  # a failed start leaves nothing
 
 
-def test_check_writable_under_a_file_is_a_write_error(tmp_path: Path) -> None:
+def test_claim_under_a_file_is_a_write_error(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
-    run = RunFolder(tmp_path / "afile" / "run")
-    with pytest.raises(WriteError) as exc:
-        run.check_writable()
+    run = folder_of(tmp_path / "afile" / "run")
+    with pytest.raises(WriteError) as exc, run.claim():
+        pass
     assert str(run.path) in str(exc.value)
 
 
@@ -241,25 +253,70 @@ def test_check_writable_read_only_parent(tmp_path: Path) -> None:
     parent.mkdir()
     parent.chmod(0o500)
     try:
-        with pytest.raises(WriteError):
-            RunFolder(parent / "run").check_writable()
+        with pytest.raises(WriteError), folder_of(parent / "run").claim():
+            pass
     finally:
         parent.chmod(0o700)
 
 
 def test_run_dir_json_and_save(tmp_path: Path) -> None:
-    run = RunFolder(tmp_path)
+    run = folder_of(tmp_path)
     run.write_json("metrics.json", {"epochs": []})
     assert run.read_json("metrics.json") == {"epochs": []}
     run.save(epoch_checkpoint(3), {"x": torch.ones(1)})
     assert (tmp_path / "epoch_3.pkl").is_file()
-    run.remove("epoch_3.pkl")
-    run.remove("epoch_3.pkl")  # already gone: fine
-    assert not (tmp_path / "epoch_3.pkl").exists()
+
+
+def _record(epoch: int, val_srcc: float | None = 0.5) -> EpochRecord:
+    return EpochRecord(
+        epoch=epoch, train_loss=1.0, train_srcc=0.1, lr_backbone=1e-4, lr_hypernet=1e-3,
+        train_patches=4, train_seconds=1.0, train_patches_per_s=4.0, val_srcc=val_srcc,
+        val_plcc=val_srcc, epoch_seconds=1.5,
+    )  # fmt: skip
+
+
+def _states(weight: float) -> dict:
+    return {
+        "model": {"w": torch.full((2,), weight)},
+        "optimizer": {"state": {}, "param_groups": []},
+        "scaler": {},
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def test_record_writes_best_epoch_files_and_a_resume_state_but_after_the_last(
+    tmp_path: Path,
+) -> None:
+    run = folder_of(tmp_path, epochs=2, save_all_epochs=True)
+    run.record(_record(1), is_best=True, states=lambda: _states(1.0))
+    assert torch.load(tmp_path / "best_model.pkl")["w"].tolist() == [1.0, 1.0]
+    assert (tmp_path / "epoch_1.pkl").is_file() and (tmp_path / "resume_state.pt").is_file()
+    saved = torch.load(tmp_path / "resume_state.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["best"]["epoch"] == 1 and len(saved["epochs"]) == 1
+    run.record(_record(2, val_srcc=0.1), is_best=False, states=lambda: _states(2.0))
+    assert torch.load(tmp_path / "best_model.pkl")["w"].tolist() == [1.0, 1.0]  # not better
+    assert torch.load(tmp_path / "epoch_2.pkl")["w"].tolist() == [2.0, 2.0]
+    # The last epoch writes no resume state: it would outlive the run.
+    assert torch.load(tmp_path / "resume_state.pt", weights_only=True)["epoch"] == 1
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2] and metrics["completed"] is False
+    run.finish({})
+    assert not (tmp_path / "resume_state.pt").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["completed"] is True
+
+
+def test_a_rank_that_does_not_write_keeps_the_history_only(tmp_path: Path) -> None:
+    run = folder_of(tmp_path / "r", epochs=2, writes=False)
+    with run.claim():
+        run.begin(Start.NEW, {}, {}, None)
+        run.record(_record(1), is_best=True, states=lambda: pytest.fail("states asked for"))
+        run.finish({})
+    assert run.history.epoch == 1 and run.history.completed
+    assert not (tmp_path / "r").exists()
 
 
 def test_read_json_errors(tmp_path: Path) -> None:
-    run = RunFolder(tmp_path)
+    run = folder_of(tmp_path)
     with pytest.raises(UserError, match="missing"):
         run.read_json("args.json")
     (tmp_path / "args.json").write_text("{broken")
@@ -350,7 +407,7 @@ def test_a_folder_that_cannot_be_opened_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writable but not readable (mode 0300; root ignores modes, so the open is made to fail)."""
-    run = RunFolder(tmp_path / "run")
+    run = folder_of(tmp_path / "run")
     (tmp_path / "run").mkdir()
     real_open = os.open
 

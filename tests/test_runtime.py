@@ -49,7 +49,8 @@ def test_cpu_runs_fp32_nchw() -> None:
     assert rt.amp is None and rt.amp_name == "off" and rt.input_dtype == torch.float32
     assert not rt.channels_last and rt.num_workers == 0 and rt.batch_per_rank == 4
     assert rt.loader == "pillow" and "no CUDA" in rt.loader_reason
-    settings = rt.loader_settings((64, 80), dali_threads=3)
+    rt = resolve_runtime(device="cpu", batch_size=4, dali_threads=3)
+    settings = rt.loader_settings((64, 80))
     assert (
         settings.batch_size == 4 and settings.dtype == torch.float32 and settings.dali_threads == 3
     )

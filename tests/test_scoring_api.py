@@ -15,8 +15,8 @@ from PIL import Image
 
 import hyperiqa
 import predict
-from hyperiqa.evaluation import crop_settings
 from hyperiqa.model import HyperNet
+from hyperiqa.scorer import crop_settings
 from tests.conftest import ROOT, make_dataset, read_json
 
 
@@ -67,7 +67,7 @@ def test_the_api_gives_predict_py_s_scores(
         ("missing.jpg", "image missing.jpg: file not found"),
         (torch.zeros(4, 8, 8), "image 0: expected a [3, H, W] tensor, got [4, 8, 8]"),
         (np.zeros((8, 8), np.uint8), "image 0: expected a uint8 [H, W, 3] array"),
-        (42, "image 0: a path, PIL image, tensor or array was expected, got int"),
+        (42, "image 0: a path, binary file, PIL image, tensor or array was expected, got int"),
     ],
 )
 def test_a_bad_image_raises_one_clear_error(checkpoint: Path, bad: object, message: str) -> None:
@@ -128,7 +128,7 @@ def test_pip_install_gives_an_importable_library(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert (target / "hyperiqa" / "evaluation.py").is_file()
+    assert (target / "hyperiqa" / "scorer.py").is_file()
     assert (target / "pipelines" / "loader.py").is_file()
     assert not (target / "tests").exists() and not (target / "bench").exists()
     code = "import hyperiqa, pipelines.loader; print(hyperiqa.__file__, hyperiqa.Scorer.__name__)"
@@ -222,11 +222,11 @@ def test_the_scorer_keeps_the_caller_s_cudnn_switch(
     checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A library object must not flip a process-wide switch its caller set."""
-    from hyperiqa import evaluation
+    from hyperiqa import scorer
 
     asked = []
-    real = evaluation.resolve_runtime
-    monkeypatch.setattr(evaluation, "resolve_runtime", lambda **kw: asked.append(kw) or real(**kw))
+    real = scorer.resolve_runtime
+    monkeypatch.setattr(scorer, "resolve_runtime", lambda **kw: asked.append(kw) or real(**kw))
     before = torch.backends.cudnn.benchmark
     try:
         for caller_value in (True, False):

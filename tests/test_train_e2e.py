@@ -210,7 +210,7 @@ def test_divergence_stops_cleanly_before_writing_the_epoch(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    from hyperiqa import trainer
+    from hyperiqa import fit as trainer
 
     real_step = trainer.TrainStep.__call__
 
@@ -255,14 +255,21 @@ def test_demo_does_not_write_into_a_user_s_dataset(
 
 
 def test_best_model_rules() -> None:
-    from hyperiqa.trainer import is_better
+    from hyperiqa.fit import is_better
+    from hyperiqa.history import Best, EpochRecord
 
-    assert is_better({"val_srcc": None}, None, has_val=True)  # the first epoch always writes
-    assert not is_better({"val_srcc": None}, {"val_srcc": 0.5}, has_val=True)
-    assert is_better({"val_srcc": 0.1}, {"val_srcc": None}, has_val=True)
-    assert is_better({"val_srcc": 0.6}, {"val_srcc": 0.5}, has_val=True)
-    assert not is_better({"val_srcc": 0.5}, {"val_srcc": 0.5}, has_val=True)
-    assert is_better({"val_srcc": None}, {"val_srcc": 0.9}, has_val=False)
+    def epoch(val_srcc: float | None) -> EpochRecord:
+        return EpochRecord(2, 1.0, None, 1e-4, 1e-3, 4, 1.0, 4.0, val_srcc, val_srcc, 1.0)
+
+    def best(val_srcc: float | None) -> Best:
+        return Best(1, val_srcc, val_srcc)
+
+    assert is_better(epoch(None), None, has_val=True)  # the first epoch always writes
+    assert not is_better(epoch(None), best(0.5), has_val=True)
+    assert is_better(epoch(0.1), best(None), has_val=True)
+    assert is_better(epoch(0.6), best(0.5), has_val=True)
+    assert not is_better(epoch(0.5), best(0.5), has_val=True)
+    assert is_better(epoch(None), best(0.9), has_val=False)
 
 
 def test_compile_wraps_only_the_training_step(

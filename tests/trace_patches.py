@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import train
-from hyperiqa.trainer import Trainer
+from hyperiqa.fit import Trainer
 from pipelines.loader import PatchBatch, PatchLoader
 from pipelines.patches import PatchPlan
 

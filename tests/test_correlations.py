@@ -1,4 +1,4 @@
-"""Tests for hyperiqa.metrics: correlations against scipy, undefined cases, the
+"""Tests for hyperiqa.scoring's correlations against scipy, undefined cases, the
 per-image mean over patches and the display format."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hyperiqa.metrics import format_metric, krcc, per_image_mean, plcc, srcc
+from hyperiqa.history import format_correlation as format_metric
+from hyperiqa.scoring import correlations, krcc, per_image_mean, plcc, srcc
 
 METRICS = [(srcc, stats.spearmanr), (plcc, stats.pearsonr), (krcc, stats.kendalltau)]
 
@@ -107,3 +108,10 @@ def test_per_image_mean_missing_trailing_image_raises() -> None:
 )
 def test_format_metric(value, text: str) -> None:
     assert format_metric(value) == text
+
+
+def test_correlations_hold_all_three_and_the_count() -> None:
+    pred, labels = np.array([1.0, 2.0, 4.0, 3.0]), np.array([10.0, 20.0, 30.0, 40.0])
+    c = correlations(pred, labels)
+    assert (c.srcc, c.plcc, c.krcc) == (srcc(pred, labels), plcc(pred, labels), krcc(pred, labels))
+    assert c.num_images == 4

@@ -1,17 +1,15 @@
-"""Scoring images with a model: load a checkpoint, predict patches, average per image.
+"""Scoring images with a checkpoint: evaluate.py, predict.py and the ``Scorer`` API.
 
-Validation during training, evaluate.py, predict.py and the ``Scorer`` API all
-score an image the same way: the mean prediction over its patches, cut at the
-fixed evaluation crops of :func:`pipelines.patches.eval_plan` (the same
-positions for every image), so a score depends on the image alone.
-
-When ``args.json`` of a run sits beside the checkpoint, the run's resize and
-crop count are the defaults: a model is scored as it was validated.
+A checkpoint is scored as its run was validated: when the run's ``args.json``
+sits beside the checkpoint, its resize and crop count are the defaults (and,
+for the run's own val_images.json, its dataset root). How an image becomes a
+score is in hyperiqa/scoring.py, shared with training.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import numbers
 import os
@@ -21,31 +19,27 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
 from hyperiqa.arg_types import (
     DEVICE_CHOICES,
     MAX_PATCHES_PER_IMAGE,
     MAX_SIDE,
     format_resize,
+    patch_count,
     resize_type,
 )
 from hyperiqa.check_data import find_problems, problems_message
 from hyperiqa.errors import JSON_ERRORS, UserError, json_problem
-from hyperiqa.metrics import per_image_mean
-from hyperiqa.model import HyperNet, ModelLoadError, load_hypernet
-from hyperiqa.run_log import bars_off
+from hyperiqa.model import PATCH_SIZE, HyperNet, ModelLoadError, load_hypernet
 from hyperiqa.runtime import Runtime, resolve_runtime
+from hyperiqa.scoring import check_finite, per_image_mean, predict_patches
 from pipelines.factory import make_loader
 from pipelines.images import check_image, load_rgb, resize_rgb
-from pipelines.loader import PatchLoader, normalize_uint8
-from pipelines.patches import EVAL_SEED, PatchPlan, eval_plan
+from pipelines.loader import normalize_uint8
+from pipelines.patches import DEFAULT_PATCHES_PER_IMAGE, DEFAULT_RESIZE, EVAL_SEED, eval_plan
 from pipelines.pillow import cut_patches
 
 EVAL_WINDOW = 32  # images decoded together; crops do not depend on it
-DEFAULT_RESIZE = (384, 512)
-DEFAULT_PATCH_NUM = 25
-PATCH_SIZE = 224
 
 
 def load_checkpoint(path: str | Path, rt: Runtime) -> HyperNet:
@@ -57,6 +51,9 @@ def load_checkpoint(path: str | Path, rt: Runtime) -> HyperNet:
     return rt.prepare_model(model).eval()
 
 
+RUN_ARGS = "args.json"  # a run's flags, beside its best_model.pkl (hyperiqa/run_folder.py)
+
+
 def crop_settings(
     checkpoint: str | Path,
     resize: tuple[int, int] | None = None,
@@ -66,8 +63,11 @@ def crop_settings(
     """(resize, patch_num) to score with: the ones asked for, else those of the
     run whose args.json sits beside the checkpoint, else the defaults. A value
     asked for that differs from the run's is said, not silently used; so is an
-    args.json that cannot be used."""
-    run_resize, run_patches = _run_crops(Path(checkpoint).parent / "args.json", echo)
+    args.json value that cannot be used (each passes the checks of its flag)."""
+    path = Path(checkpoint).parent / RUN_ARGS
+    args = read_run_args(path, echo)
+    run_resize = _run_value(args, "resize", _crop_size, path, echo)
+    run_patches = _run_value(args, "val_patch_num", patch_count, path, echo)
     for name, asked, trained in [
         ("resize", resize, run_resize),
         ("patch_num", patch_num, run_patches),
@@ -79,79 +79,64 @@ def crop_settings(
                 f"was validated with (args.json beside the checkpoint)"
             )
     resize = resize or run_resize or DEFAULT_RESIZE
-    patch_num = patch_num or run_patches or DEFAULT_PATCH_NUM
+    patch_num = patch_num or run_patches or DEFAULT_PATCHES_PER_IMAGE
     if (resize, patch_num) == (run_resize, run_patches):
         echo(f"crops: {patch_num} per image at {format_resize(resize)}, as the run validated")
     return resize, patch_num
 
 
-def _run_crops(
-    path: Path, echo: Callable[[str], None]
-) -> tuple[tuple[int, int] | None, int | None]:
-    """The resize and val_patch_num a run's args.json records, each None when absent or unusable."""
+def run_dataset_root(checkpoint: str | Path, test_json: str | Path) -> str | None:
+    """The run's --dataset_root when ``test_json`` is that run's own val_images.json
+    (its image names are relative to it), else None."""
+    folder = Path(checkpoint).parent
+    own = folder / "val_images.json"
+    if not (own.is_file() and Path(test_json).is_file() and os.path.samefile(own, test_json)):
+        return None
+    root = read_run_args(folder / RUN_ARGS, echo=lambda _line: None).get("dataset_root")
+    return root if isinstance(root, str) and root else None
+
+
+def read_run_args(path: Path, echo: Callable[[str], None]) -> dict:
+    """A run's args.json; {} when absent or unusable (which is said)."""
     if not path.is_file():
-        return None, None  # no run beside the checkpoint: the defaults
+        return {}  # no run beside the checkpoint: the defaults
     try:
         args = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         echo(f"note: ignoring {path}: {e.strerror or e}")
-        return None, None
+        return {}
     except JSON_ERRORS as e:  # bad JSON or bad UTF-8 (a ValueError too)
         echo(f"note: ignoring {path}: {json_problem(e)}")
-        return None, None
+        return {}
     if not isinstance(args, dict):
         echo(f"note: ignoring {path}: not a run's args.json")
-        return None, None
-    resize, patches = None, None
+        return {}
+    return args
+
+
+def _run_value(
+    args: dict, key: str, parse: Callable[[str], object], path: Path, echo: Callable[[str], None]
+) -> object | None:
+    """``args[key]`` checked by its flag's own type (a run's file is input like a
+    flag); None when absent or refused (which is said)."""
+    value = args.get(key)
+    if value is None:
+        return None
     try:
-        resize = resize_type(str(args["resize"])) if "resize" in args else None
-        if resize and min(resize) < PATCH_SIZE:
-            raise ValueError(f"smaller than the {PATCH_SIZE}-pixel crops")
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError("not a flag's value")
+        return parse(str(value))
     except (ValueError, argparse.ArgumentTypeError) as e:
-        echo(f"note: ignoring the resize {args['resize']!r} of {path}: {e}")
-        resize = None
-    value = args.get("val_patch_num")
-    if value is not None:
-        if _is_whole(value) and value >= 1:
-            patches = value
-        else:
-            echo(f"note: ignoring the val_patch_num {value!r} of {path}")
-    return resize, patches
+        echo(f"note: ignoring the {key} {value!r} of {path}: {e}")
+        return None
 
 
-@torch.inference_mode()
-def predict_patches(
-    model: torch.nn.Module,
-    loader: PatchLoader,
-    plan: PatchPlan,
-    rt: Runtime,
-    progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(prediction, image index) of every patch of ``plan``, in eval mode, on the host."""
-    was_training = model.training
-    model.eval()
-    preds, idx = [], []
-    bar = tqdm(
-        total=plan.num_patches,
-        desc="scoring",
-        unit="patch",
-        leave=False,
-        disable=bars_off(progress),
-    )
-    try:
-        with bar:
-            for batch in loader.batches(plan):
-                with rt.autocast():
-                    pred = model(rt.prepare_input(batch.images))
-                preds.append(pred.float())
-                idx.append(batch.image_idx)
-                bar.update(batch.images.shape[0])
-    finally:
-        model.train(was_training)
-    if not preds:  # an empty shard of a distributed run
-        return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
-    # One device-to-host copy for the whole pass, not one per batch.
-    return torch.cat(preds).cpu().numpy().astype(np.float64), torch.cat(idx).cpu().numpy()
+def _crop_size(text: str) -> tuple[int, int]:
+    """--resize's check, and room for the crops."""
+    size = resize_type(text)
+    if min(size) < PATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"smaller than the {PATCH_SIZE}-pixel crops")
+    return size
 
 
 def score_images(
@@ -160,7 +145,7 @@ def score_images(
     rt: Runtime,
     *,
     resize: tuple[int, int] = DEFAULT_RESIZE,
-    patch_num: int = DEFAULT_PATCH_NUM,
+    patch_num: int = DEFAULT_PATCHES_PER_IMAGE,
     patch_size: int = PATCH_SIZE,
     seed: int = EVAL_SEED,
     progress: bool = False,
@@ -180,20 +165,6 @@ def score_images(
         return check_finite(per_image_mean(pred, image_idx, len(paths)), paths)
     finally:
         loader.close()
-
-
-def check_finite(scores: np.ndarray, images: Sequence[object] | None = None) -> np.ndarray:
-    """``scores``, or a UserError when the model gave NaN/inf (weights that hold
-    them): such a number would pass for a score and break every JSON written.
-    Without ``images``, the first bad one is named by its index."""
-    bad = np.flatnonzero(~np.isfinite(scores))
-    if len(bad):
-        first = f"image {bad[0]}" if images is None else images[bad[0]]
-        raise UserError(
-            f"the model gives no finite score for {len(bad)} of {len(scores)} images "
-            f"(first: {first}); its weights may hold NaN or inf"
-        )
-    return scores
 
 
 def score_files(
@@ -243,8 +214,8 @@ class Scorer:
         scorer = Scorer("../checkpoints/RUN/best_model.pkl")   # or koniq_pretrained.pkl
         scores = scorer.score(["a.jpg", Image.open("b.png"), tensor])
 
-    Images are file paths, PIL images, uint8 or float tensors ``[3, H, W]``
-    (RGB, 0-255 or 0-1) or numpy arrays ``[H, W, 3]`` (uint8). Each is resized
+    Images are file paths, open binary files (``BytesIO``), PIL images, uint8 or
+    float tensors ``[3, H, W]`` (RGB, 0-255 or 0-1) or numpy arrays ``[H, W, 3]`` (uint8). Each is resized
     to ``resize`` and scored as the mean over ``patch_num`` fixed crops, exactly
     as predict.py scores files with the Pillow loader: the same picture gets the
     same score. A bad input raises ``hyperiqa.UserError`` naming it.
@@ -284,7 +255,7 @@ class Scorer:
             images = [images]
         elif not isinstance(images, Iterable) or isinstance(images, bytes) or _is_numbers(images):
             raise UserError(
-                "images must be a path, PIL image, tensor or array, or a list of them; "
+                "images must be a path, binary file, PIL image, tensor or array, or a list of them; "
                 f"got {type(images).__name__}"
             )
         # Cut and score a batch of images at a time: memory holds one batch of
@@ -331,7 +302,7 @@ def _is_numbers(images: object) -> bool:
 def _is_one_image(images: object) -> bool:
     """A path, PIL image or 2-D/3-D tensor/array is one image, not a list to iterate
     (a 2-D one is then refused by name as grey, not read row by row)."""
-    if isinstance(images, str | os.PathLike | Image.Image):
+    if isinstance(images, str | os.PathLike | Image.Image | io.IOBase):
         return True
     return isinstance(images, torch.Tensor | np.ndarray) and images.ndim in (2, 3)
 
@@ -344,6 +315,11 @@ def _as_rgb(image: object, i: int) -> Image.Image:
         if reason:
             raise UserError(f"image {image}: {reason}")
         return load_rgb(image)
+    if isinstance(image, io.IOBase):  # an open binary file, BytesIO: the bytes of an image file
+        try:
+            image = Image.open(image)
+        except (OSError, ValueError, TypeError) as e:  # not an image, or a closed or text file
+            raise UserError(f"image {i}: cannot be read ({e})") from None
     if isinstance(image, Image.Image):
         if image.mode.startswith("I") or image.mode == "F":  # as the image check refuses files
             raise UserError(f"image {i}: mode {image.mode} is deeper than 8 bits; convert it first")
@@ -372,7 +348,8 @@ def _as_rgb(image: object, i: int) -> Image.Image:
             raise UserError(f"image {i}: empty ({image.shape[1]}x{image.shape[0]})")
         return Image.fromarray(image, "RGB")
     raise UserError(
-        f"image {i}: a path, PIL image, tensor or array was expected, got {type(image).__name__}"
+        f"image {i}: a path, binary file, PIL image, tensor or array was expected, "
+        f"got {type(image).__name__}"
     )
 
 
