@@ -143,11 +143,15 @@ def test_group_write_interrupted_keeps_old_files(
 # ---------------------------------------------------------------- CLIVE
 
 
+def make_clive_names(n: int) -> list[str]:
+    return [f"t{i + 1}.bmp" if i < 7 else f"{i + 100}.bmp" for i in range(n)]
+
+
 def make_clive(
     root: Path, n: int = 12, missing: tuple[int, ...] = ()
 ) -> tuple[list[str], list[float]]:
     """A LIVE Challenge release: n images, the first 7 in Images/trainingImages/."""
-    names = [f"t{i + 1}.bmp" if i < 7 else f"{i + 100}.bmp" for i in range(n)]
+    names = make_clive_names(n)
     mos = [float(10 + 5 * i) for i in range(n)]
     (root / "Images" / "trainingImages").mkdir(parents=True)
     (root / "Data").mkdir()
@@ -159,11 +163,20 @@ def make_clive(
     return names, mos
 
 
-def save_clive_mats(root: Path, names: list, mos: list[float]) -> None:
-    cell = np.empty((len(names), 1), dtype=object)  # a MATLAB cell array, 1169x1 as released
-    for i, name in enumerate(names):
-        cell[i, 0] = name
-    scipy.io.savemat(root / "Data" / "AllImages_release.mat", {"AllImages_release": cell})
+def save_clive_mats(root: Path, names: list, mos: list[float], layout: str = "cell") -> None:
+    """The two .mat files; the names as a cell array (as released) or as a char
+    matrix: one name per row, padded with spaces ("padded", as MATLAB's char()
+    makes it) or stored one character per cell ("chars")."""
+    if layout == "cell":
+        value = np.empty((len(names), 1), dtype=object)  # a MATLAB cell array, 1169x1
+        for i, name in enumerate(names):
+            value[i, 0] = name
+    elif layout == "padded":
+        value = np.array(names)  # savemat writes a char matrix, rows padded with spaces
+    else:
+        width = max(map(len, names))
+        value = np.array([list(name.ljust(width)) for name in names])
+    scipy.io.savemat(root / "Data" / "AllImages_release.mat", {"AllImages_release": value})
     scipy.io.savemat(
         root / "Data" / "AllMOS_release.mat", {"AllMOS_release": np.array([mos], dtype=float)}
     )
@@ -215,6 +228,59 @@ def test_clive_reads_what_loadmat_returns(tmp_path: Path) -> None:
     assert loaded["x"].dtype == object and loaded["x"][1, 0].tolist() == ["bb.JPG"]
     assert module.cell_strings(loaded["x"], tmp_path, "x") == names
     assert module.cell_strings(loaded["chars"], tmp_path, "chars") == ["a.bmp", "b.bmp"]
+
+
+# Names of several lengths: a char matrix pads the shorter ones.
+CLIVE_NAMES = [*(f"t{i + 1}.bmp" for i in range(7)), "3.bmp", "10.bmp", "1000.bmp", "55.JPG"]
+
+
+@pytest.mark.parametrize("layout", ["padded", "chars"])
+def test_clive_reads_names_stored_as_a_char_matrix(tmp_path: Path, layout: str) -> None:
+    """Every test image of a char-matrix release is found, its name unpadded."""
+    root = tmp_path / "ChallengeDB_release"
+    make_clive(root, n=len(CLIVE_NAMES))
+    for old, new in zip(make_clive_names(len(CLIVE_NAMES)), CLIVE_NAMES, strict=True):
+        folder = root / "Images" / ("trainingImages" if old.startswith("t") else "")
+        (folder / old).rename(folder / new)
+    mos = [float(10 + 5 * i) for i in range(len(CLIVE_NAMES))]
+    save_clive_mats(root, CLIVE_NAMES, mos, layout)
+    loaded = scipy.io.loadmat(root / "Data" / "AllImages_release.mat")["AllImages_release"]
+    assert loaded.dtype.kind == "U"  # what the char-matrix path of prepare_clive reads
+    proc = prepare_clive(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "missing" not in proc.stderr
+    entries = read_entries(tmp_path / "metas" / "clive_test.json")
+    assert [e["image"] for e in entries] == [
+        f"ChallengeDB_release/Images/{name}" for name in CLIVE_NAMES[7:]
+    ]
+    assert [e["score"] for e in entries] == pytest.approx(mos[7:])
+
+
+@pytest.mark.parametrize("layout", ["cell", "padded", "chars"])
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        ("../Images/1000.bmp", "bad image name '../Images/1000.bmp'"),  # exists through ..
+        (" ../Images/10.bmp", "bad image name '../Images/10.bmp'"),
+        ("/etc/hostname", "bad image name '/etc/hostname'"),
+        ("..", "bad image name '..'"),
+        ("sub\\x.bmp", "bad image name"),
+        ("   ", "is empty or not text"),
+    ],
+)
+def test_clive_names_are_checked_in_every_layout(
+    tmp_path: Path, layout: str, bad: str, needle: str
+) -> None:
+    """A name with a folder part is refused whether the names are a cell array or
+    a char matrix (padded or not): one line naming the file and the entry."""
+    root = tmp_path / "ChallengeDB_release"
+    names, mos = make_clive(root)
+    names[9] = bad
+    save_clive_mats(root, names, mos, layout)
+    proc = prepare_clive(tmp_path)
+    assert_one_line_and_nothing_written(
+        proc, tmp_path / "metas", "AllImages_release.mat", "AllImages_release", "10", needle
+    )
 
 
 def test_clive_missing_images_reported_and_left_out(tmp_path: Path) -> None:
