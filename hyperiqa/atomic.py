@@ -13,6 +13,7 @@ importing torch.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -43,8 +44,22 @@ def temp_name_of(name: str) -> str | None:
     return name[1:].rsplit(".", 2)[0]  # drop the random part and ".tmp"
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)``, atomically. Raises OSError on failure."""
+def check_size(f: IO[bytes], size: int | None) -> None:
+    """OSError unless the flushed file ``f`` holds ``size`` bytes (None: not checked).
+
+    A write that stops short without an error (a C library writing straight to
+    the descriptor, on a nearly full disk) would otherwise be renamed into place.
+    """
+    if size is None:
+        return
+    written = os.fstat(f.fileno()).st_size
+    if written != size:
+        raise OSError(errno.EIO, f"short write: {written} of {size} bytes reached the file")
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None], size: int | None = None) -> None:
+    """Write ``path`` through ``write(file)``, atomically; with ``size``, only if the
+    file then holds that many bytes. Raises OSError on failure."""
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
@@ -55,6 +70,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+            check_size(f, size)
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -63,7 +79,8 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    write_atomic(path, lambda f: f.write(data))
+    """``path`` holds ``data`` afterwards, or its old content (OSError), never part of it."""
+    write_atomic(path, lambda f: f.write(data), size=len(data))
 
 
 class GroupWriteError(OSError):
@@ -89,6 +106,7 @@ def _write_temp(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            check_size(f, len(data))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)

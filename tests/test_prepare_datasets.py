@@ -122,6 +122,28 @@ def test_group_write_failing_or_interrupted_rename_rolls_back(
     assert folder_state(out) == before  # old bytes, no new file, no temp or backup left
 
 
+def test_a_short_write_without_an_error_replaces_nothing(
+    old_group: dict[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that takes fewer bytes than written, without an error (a
+    nearly full disk): the size check before the rename catches it."""
+    out = next(iter(old_group)).parent
+    before = folder_state(out)
+    real_fsync = os.fsync
+
+    def short(fd: int) -> None:
+        os.ftruncate(fd, os.fstat(fd).st_size - 1)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", short)
+    with pytest.raises(GroupWriteError, match="short write: 8 of 9 bytes"):
+        write_all_or_nothing(old_group)
+    with pytest.raises(OSError, match="short write"):
+        atomic.write_bytes_atomic(out / "a_test.json", b"new test")
+    monkeypatch.undo()
+    assert folder_state(out) == before
+
+
 def test_group_write_interrupted_keeps_old_files(
     old_group: dict[Path, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -482,6 +504,119 @@ def test_spaq_rerun_reuses_fresh_images(tmp_path: Path) -> None:
     assert "8 downscaled images" in proc.stdout and "reused, 1 to make" in proc.stdout
     assert Image.open(resized / names[0]).getpixel((10, 10))[2] > 200
     assert folder_state(resized)[names[1]] == first[names[1]]
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module, to call its functions in this process."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def temp_file_of(fd: int) -> bool:
+    """Is ``fd`` open on a temp file of a downscaled image (``.00001.jpg.xxxx.tmp``)?"""
+    name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+    return name.startswith(".") and ".jpg." in name and name.endswith(".tmp")
+
+
+@pytest.mark.parametrize("failure", ["short", "enospc"])
+def test_spaq_short_write_is_never_renamed_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """A full disk: the bytes of a downscaled image do not all reach the file,
+    with no error ("short") or with ENOSPC at the flush. The old copy stays,
+    no half JPEG is renamed into place, and the next run makes it again."""
+    prepare_spaq_module = load_script("prepare_spaq")
+    root = tmp_path / "SPAQ"
+    names = make_spaq(root, sizes=SPAQ_SIZES[:3])  # fewer than 8: made in this process
+    image_dir, resized = root / "TestImage", root / "TestImage_512"
+    prepare_spaq_module.downscale_images(names, image_dir, resized, 1)
+    before = folder_state(resized)
+    Image.new("RGB", (900, 700), (0, 0, 255)).save(image_dir / names[0])  # to be made again
+
+    real_fsync = os.fsync
+
+    def disk_full(fd: int) -> None:
+        if temp_file_of(fd):
+            if failure == "enospc":
+                raise OSError(28, "No space left on device")
+            os.ftruncate(fd, os.fstat(fd).st_size // 2)  # half of it reached the disk
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(prepare_spaq_module.PrepareError) as caught:
+        prepare_spaq_module.downscale_images(names, image_dir, resized, 1)
+    assert f"cannot write 1 downscaled images: {resized / names[0]}" in str(caught.value)
+    after = folder_state(resized)
+    assert {n: after[n] for n in names} == {n: before[n] for n in names}  # old copies, whole
+    assert sorted(after) == sorted(before)  # no temp file left
+
+    monkeypatch.undo()
+    prepare_spaq_module.downscale_images(names, image_dir, resized, 1)
+    with Image.open(resized / names[0]) as made:
+        made.load()  # complete
+        assert made.getpixel((10, 10))[2] > 200  # from the new source
+
+
+def test_spaq_rerun_remakes_a_truncated_copy(tmp_path: Path) -> None:
+    """A copy cut short after it was made (newer than its source, so a timestamp
+    rule would reuse it) is made again, whole."""
+    names = make_spaq(tmp_path / "SPAQ")
+    assert prepare_spaq(tmp_path).returncode == 0
+    copy = tmp_path / "SPAQ" / "TestImage_512" / names[2]
+    whole = copy.read_bytes()
+    copy.write_bytes(whole[: len(whole) // 2])  # no end marker
+    proc = prepare_spaq(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "8 downscaled images" in proc.stdout and "reused, 1 to make" in proc.stdout
+    assert copy.read_bytes() == whole
+
+
+def test_spaq_rerun_remakes_a_copy_of_a_replaced_source(tmp_path: Path) -> None:
+    """A source replaced by another image with an older timestamp (as an archive
+    extracted again sets it) is downscaled again: reuse is decided by content."""
+    names = make_spaq(tmp_path / "SPAQ")
+    assert prepare_spaq(tmp_path).returncode == 0
+    source = tmp_path / "SPAQ" / "TestImage" / names[4]
+    Image.new("RGB", (640, 520), (0, 0, 255)).save(source, quality=90)
+    os.utime(source, ns=(1_500_000_000_000_000_000,) * 2)  # older than every copy
+    proc = prepare_spaq(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "reused, 1 to make" in proc.stdout
+    copy = Image.open(tmp_path / "SPAQ" / "TestImage_512" / names[4])
+    assert copy.getpixel((10, 10))[2] > 200
+
+
+@pytest.mark.parametrize("damage", ["garbage", "no_record", "other_method", "tampered"])
+def test_spaq_copies_without_a_usable_record_are_made_again(tmp_path: Path, damage: str) -> None:
+    """Copies whose record is unreadable, absent (an older version made them),
+    made with other settings or not matching are made again; never an error."""
+    make_spaq(tmp_path / "SPAQ")
+    assert prepare_spaq(tmp_path).returncode == 0
+    record = tmp_path / "SPAQ" / "TestImage_512" / "prepare_spaq_record.json"
+    saved = json.loads(record.read_text())
+    if damage == "garbage":
+        record.write_bytes(b"\x00{not json")
+    elif damage == "no_record":
+        record.unlink()
+    elif damage == "other_method":
+        record.write_text(json.dumps({**saved, "method": {**saved["method"], "quality": 90}}))
+    else:  # every record names another source
+        for entry in saved["images"].values():
+            entry["source"] = {"size": entry["source"]["size"], "sha256": "0" * 64}
+        saved["images"]["00001.jpg"] = ["not", "a", "record"]
+        record.write_text(json.dumps(saved))
+    proc = prepare_spaq(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 downscaled images" in proc.stdout and "reused, 9 to make" in proc.stdout
+    assert ("cannot read" in proc.stderr) == (damage == "garbage")
+    assert json.loads(record.read_text())["images"].keys() == saved["images"].keys()
+    assert prepare_spaq(tmp_path).stdout.count("reused, 0 to make") == 1
 
 
 def test_spaq_missing_images_reported_and_left_out(tmp_path: Path) -> None:
