@@ -288,6 +288,8 @@ def test_clive_reads_names_stored_as_a_char_matrix(tmp_path: Path, layout: str) 
         ("..", "bad image name '..'"),
         ("sub\\x.bmp", "bad image name"),
         ("   ", "is empty or not text"),
+        ("1\x1b[2J.bmp", "bad image name '1\\x1b[2J.bmp' (it holds a control character)"),
+        ("1\n.bmp", "bad image name '1\\n.bmp' (it holds a control character)"),
     ],
 )
 def test_clive_names_are_checked_in_every_layout(
