@@ -278,8 +278,10 @@ def differences(saved: dict, now: dict) -> list[str]:
 def read_protocol(out: Path) -> dict | None:
     """OUT/protocol.json, checked to be a protocol record; None when there is none."""
     path = out / PROTOCOL
-    if not path.is_file():
+    if not path.exists():
         return None
+    if not path.is_file():  # not to be taken for "no protocol": its splits go unchecked
+        raise ProtocolError(f"{path} is not a file; restore it or use another --out")
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -357,16 +357,24 @@ def test_without_protocol_json_the_splits_are_compared_with_each_other(tmp_path:
 @pytest.mark.parametrize(
     ("content", "needle"),
     [("[1, 2]", "is not a protocol record"), ("{not json", "cannot read"),
-     ('{"train": 3}', "is not a protocol record")],
+     ('{"train": 3}', "is not a protocol record"), (None, "protocol.json is not a file")],
 )  # fmt: skip
-def test_a_damaged_protocol_json_is_one_line(tmp_path: Path, content: str, needle: str) -> None:
+def test_a_damaged_protocol_json_is_one_line(
+    tmp_path: Path, content: str | None, needle: str
+) -> None:
+    """Never a traceback, and never taken for "no protocol" (its splits unchecked)."""
     fake_run(tmp_path / "seed0", scores(0.9, 0.92, 0.8))
-    (tmp_path / "protocol.json").write_text(content)
+    protocol = tmp_path / "protocol.json"
+    if content is None:
+        protocol.mkdir()
+    else:
+        protocol.write_text(content)
     for argv in (["--summary_only"], ["--koniq_root", str(tmp_path)]):
         proc = run_cli(SCRIPT, "--out", str(tmp_path), "--seeds", "0", *argv)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert (tmp_path / "protocol.json").read_text() == content
+    assert protocol.is_dir() if content is None else protocol.read_text() == content
+    assert not (tmp_path / "summary.json").exists()
 
 
 # -- signals ----------------------------------------------------------------------------------
