@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hyperiqa.arg_types import positive_int
 from hyperiqa.atomic import write_bytes_atomic
@@ -224,6 +224,8 @@ def downscale(job: Job) -> Result:
             upright = ImageOps.exif_transpose(image).convert("RGB")
         if upright.size != final:
             upright = upright.resize(final, Image.Resampling.LANCZOS)
+    except UnidentifiedImageError:  # its message would name the in-memory copy
+        return "read", f"{source.name} (not an image Pillow can identify)", None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         return "read", f"{source.name} ({exc})", None
     # Encoded in memory, then written as bytes: Pillow writing straight to a
@@ -276,6 +278,8 @@ def read_record(resized_dir: Path) -> dict[str, Record]:
     path = resized_dir / RECORD
     if not path.exists():
         return {}
+    if not path.is_file():  # refused now: it could not be written after all the work
+        raise PrepareError(f"{path} is not a file; move it away (it is this script's record)")
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:

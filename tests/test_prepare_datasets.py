@@ -656,6 +656,10 @@ def _damaged_spaq(root: Path, damage: str) -> None:
         xlsx.unlink()
     elif damage == "corrupt_image":
         (root / "TestImage" / names[1]).write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    elif damage == "empty_image":
+        (root / "TestImage" / names[1]).write_bytes(b"")
+    elif damage == "record_folder":
+        (root / "TestImage_512" / "prepare_spaq_record.json").mkdir(parents=True)
 
 
 @pytest.mark.parametrize(
@@ -667,6 +671,8 @@ def _damaged_spaq(root: Path, damage: str) -> None:
         ("garbage", [SPAQ_XLSX, "cannot read"]),
         ("no_xlsx", [SPAQ_XLSX, "not found"]),
         ("corrupt_image", ["00002.jpg", "cannot be decoded"]),
+        ("empty_image", ["00002.jpg (not an image Pillow can identify)"]),
+        ("record_folder", ["prepare_spaq_record.json is not a file"]),
     ],
 )
 def test_spaq_bad_release_fails_in_one_line(
