@@ -13,6 +13,7 @@ importing torch.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -44,8 +45,22 @@ def temp_name_of(name: str) -> str | None:
     return name[1:].rsplit(".", 2)[0]  # drop the random part and ".tmp"
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)``, atomically. Raises OSError on failure."""
+def check_size(f: IO[bytes], size: int | None) -> None:
+    """OSError unless the flushed file ``f`` holds ``size`` bytes (None: not checked).
+
+    A write that stops short without an error (a C library writing straight to
+    the descriptor, on a nearly full disk) would otherwise be renamed into place.
+    """
+    if size is None:
+        return
+    written = os.fstat(f.fileno()).st_size
+    if written != size:
+        raise OSError(errno.EIO, f"short write: {written} of {size} bytes reached the file")
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None], size: int | None = None) -> None:
+    """Write ``path`` through ``write(file)``, atomically; with ``size``, only if the
+    file then holds that many bytes. Raises OSError on failure."""
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
@@ -56,6 +71,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+            check_size(f, size)
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -64,16 +80,19 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    write_atomic(path, lambda f: f.write(data))
+    """``path`` holds ``data`` afterwards, or its old content (OSError), never part of it."""
+    write_atomic(path, lambda f: f.write(data), size=len(data))
 
 
 class WriteError(UserError):
     """A file the user keeps could not be written (full disk, permissions)."""
 
 
-def _write_or_say(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def _write_or_say(
+    path: Path, write: Callable[[IO[bytes]], None], size: int | None = None
+) -> None:
     try:
-        write_atomic(path, write)
+        write_atomic(path, write, size)
     except OSError as e:
         raise WriteError(f"could not write {path}: {e.strerror or e}") from None
 
@@ -81,7 +100,7 @@ def _write_or_say(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """``obj`` as indented JSON; NaN is refused (ValueError): null stands for "undefined"."""
     data = (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode()
-    _write_or_say(path, lambda f: f.write(data))
+    _write_or_say(path, lambda f: f.write(data), size=len(data))
 
 
 def write_json_output(path: Path, obj: Any, flag: str) -> None:
@@ -136,6 +155,7 @@ def _write_temp(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            check_size(f, len(data))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import sys
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -156,6 +157,9 @@ def check_image_name(name: object, where: str) -> str:
     name = name.strip()
     if "/" in name or "\\" in name or name in (".", ".."):
         raise PrepareError(f"{where}: bad image name {name!r} (a bare file name expected)")
+    # A newline or an escape sequence is in no dataset's file names: damaged data.
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        raise PrepareError(f"{where}: bad image name {name!r} (it holds a control character)")
     return name
 
 

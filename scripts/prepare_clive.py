@@ -64,15 +64,25 @@ def load_variable(path: Path, variable: str) -> np.ndarray:
 
 
 def cell_strings(value: np.ndarray, path: Path, variable: str) -> list[str]:
-    """The strings of a cell array of strings, in order.
+    """The image names of a cell array of strings or of a char matrix, in order,
+    each stripped and checked as a bare file name (check_image_name).
 
     loadmat gives a cell array as an object array (here 1169x1) whose items are
     1-element unicode arrays (array(['10.bmp'])), or 0-element ones for an
     empty string. A char matrix (one name per row) comes back as a unicode
-    array instead; both are accepted.
+    array of its rows, padded with spaces to the longest name, and a single
+    name as a 1-element one; a matrix stored with a trailing singleton
+    dimension comes back as single characters, one row per name. All three
+    layouts give the same names.
     """
-    if value.dtype.kind == "U":  # char matrix: rows are the names
-        return [str(item) for item in value.ravel()]
+    if value.dtype.kind == "U":
+        if value.ndim == 2 and value.shape[1] > 1 and value.dtype.itemsize <= 4:
+            rows = ["".join(row) for row in value.tolist()]  # one character per cell
+        else:
+            rows = [str(row) for row in value.ravel(order="F")]
+        return [
+            check_image_name(row, f"{path}, {variable} row {i + 1}") for i, row in enumerate(rows)
+        ]
     if value.dtype != object:
         raise PrepareError(f"{path}: {variable} is a {value.dtype} array, not names (a cell array)")
     names = []

@@ -18,9 +18,17 @@ Lanczos resampling, saved as JPEG quality 95 with full-resolution chroma
 (4:4:4) and the source's colour profile. JPEG rather than PNG: the sources are
 JPEGs already, so q95 4:4:4 adds no visible loss, while the files are about 4x
 smaller than PNG and DALI decodes JPEG on the GPU (PNG on the CPU). Images
-whose short side is already 512 or less keep their size. An output newer than
-its source is reused, so a rerun only redoes what changed; the originals are
+whose short side is already 512 or less keep their size. The originals are
 only read. --workers processes share the work.
+
+A rerun only redoes what changed. Each downscaled image is written in full or
+not at all (checked: a JPEG end marker, every byte on disk, then a rename),
+and prepare_spaq_record.json beside the images records, per image, the size
+and SHA-256 of its source and of the copy made. A copy is reused only when
+both still match that record (and the downscaling settings are the same), so
+a truncated or damaged copy, or a source replaced by another file, whatever
+its timestamps, is made again; so are copies the record does not list (made
+by an older version of this script, or before a crash of this one).
 
 Writes out_dir/spaq_test.json: a JSON list of {"image": <path of the
 downscaled image relative to --dataset_root>, "score": <MOS, 0-100>}. Images
@@ -32,15 +40,20 @@ Needs openpyxl to read the .xlsx.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import io
+import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hyperiqa.arg_types import positive_int
-from hyperiqa.atomic import write_atomic
+from hyperiqa.atomic import write_bytes_atomic
 from hyperiqa.prepare import (
     PrepareError,
     add_output_args,
@@ -67,9 +80,16 @@ OUTPUT = "spaq_test.json"
 EXIF_ORIENTATION = 0x0112
 QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 PARALLEL_FROM = 8  # fewer images than this are not worth starting processes for
+JPEG_END = b"\xff\xd9"  # the EOI marker: a JPEG without it was cut short
+RECORD = "prepare_spaq_record.json"  # in the downscaled folder: what each copy was made from
+# How the copies are made: a record written with other settings is not reused.
+METHOD = {"short_side": SHORT_SIDE, "quality": JPEG_QUALITY, "subsampling": "4:4:4",
+          "resample": "lanczos", "exif_transpose": True}  # fmt: skip
 
-Job = tuple[Path, Path]  # (source image, downscaled image)
-Result = tuple[str, str]  # (kind, detail): kind is "ok", "small", "read" or "write"
+Record = dict[str, dict[str, object]]  # {"source": digest, "copy": digest}
+Job = tuple[Path, Path, Record | None]  # (source image, downscaled image, its record)
+# (kind, detail, record): kind is "ok", "small", "read" or "write"; record when made
+Result = tuple[str, str, Record | None]
 
 
 # ---------------------------------------------------------------- the spreadsheet
@@ -164,20 +184,32 @@ def target_size(width: int, height: int, short_side: int = SHORT_SIDE) -> tuple[
     return round(width * short_side / height), short_side
 
 
-def is_fresh(source: Path, target: Path) -> bool:
-    """A downscaled image written after its source was last changed is reused."""
+def digest(data: bytes) -> dict[str, object]:
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def unchanged(job: Job) -> bool:
+    """Is the downscaled image still the copy its record says was made from this
+    very source? (In a worker process: it reads both files.)"""
+    source, target, record = job
     try:
-        return target.stat().st_mtime_ns >= source.stat().st_mtime_ns
-    except OSError:
+        # Sizes first: most changed files are told apart without reading them.
+        sizes = [source.stat().st_size, target.stat().st_size]
+        if sizes != [record["source"]["size"], record["copy"]["size"]]:
+            return False
+        made = {"source": digest(source.read_bytes()), "copy": digest(target.read_bytes())}
+        return made == record
+    except (OSError, TypeError, KeyError):  # a file gone or unreadable, a malformed record
         return False
 
 
 def downscale(job: Job) -> Result:
     """Write one downscaled image (in a worker process). Never raises for a bad
     image: the parent collects every failure and reports them together."""
-    source, target = job
+    source, target, _ = job
     try:
-        with Image.open(source) as image:
+        data = source.read_bytes()  # read once: hashed for the record, then decoded
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             final = target_size(width, height)
             small = final == (width, height)
@@ -192,36 +224,42 @@ def downscale(job: Job) -> Result:
             upright = ImageOps.exif_transpose(image).convert("RGB")
         if upright.size != final:
             upright = upright.resize(final, Image.Resampling.LANCZOS)
+    except UnidentifiedImageError:  # its message would name the in-memory copy
+        return "read", f"{source.name} (not an image Pillow can identify)", None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        return "read", f"{source.name} ({exc})"
+        return "read", f"{source.name} ({exc})", None
+    # Encoded in memory, then written as bytes: Pillow writing straight to a
+    # file descriptor does not notice a short write on a nearly full disk.
+    encoded = io.BytesIO()
     try:
-        write_atomic(
-            target,
-            lambda f: upright.save(
-                f, "JPEG", quality=JPEG_QUALITY, subsampling=0, icc_profile=icc_profile
-            ),
-        )
+        upright.save(encoded, "JPEG", quality=JPEG_QUALITY, subsampling=0, icc_profile=icc_profile)
+    except (OSError, ValueError) as exc:
+        return "write", f"{target}: cannot encode it ({exc})", None
+    jpeg = encoded.getvalue()
+    if not jpeg.endswith(JPEG_END):
+        return "write", f"{target}: the encoder gave an incomplete JPEG", None
+    try:
+        write_bytes_atomic(target, jpeg)  # every byte on disk, or the old file kept
     except OSError as exc:
-        return "write", f"{target}: {exc.strerror or exc}"
-    return ("small" if small else "ok"), source.name
+        return "write", f"{target}: {exc.strerror or exc}", None
+    record = {"source": digest(data), "copy": digest(jpeg)}
+    return ("small" if small else "ok"), source.name, record
 
 
-def run_jobs(jobs: list[Job], workers: int) -> list[Result]:
-    """downscale() over jobs, in worker processes when there are enough, with a
-    progress line every tenth of a long run."""
-    results: list[Result] = []
+def run_jobs(work: Callable[[Job], object], jobs: list[Job], workers: int, verb: str) -> Iterator:
+    """work(job) for each job, in order, in worker processes when there are
+    enough, with a progress line every tenth of a long run."""
     step = max(1, len(jobs) // 10)
     processes = process_count(len(jobs), workers)
-    if processes > 1:
-        with ProcessPoolExecutor(max_workers=processes) as pool:
-            for result in pool.map(downscale, jobs, chunksize=4):
-                results.append(result)
-                _progress(len(results), len(jobs), step)
-    else:
-        for job in jobs:
-            results.append(downscale(job))
-            _progress(len(results), len(jobs), step)
-    return results
+    with contextlib.ExitStack() as stack:
+        if processes > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=processes))
+            results = pool.map(work, jobs, chunksize=4)
+        else:
+            results = map(work, jobs)
+        for done, result in enumerate(results, start=1):
+            yield result
+            _progress(done, len(jobs), step, verb)
 
 
 def process_count(jobs: int, workers: int) -> int:
@@ -229,27 +267,85 @@ def process_count(jobs: int, workers: int) -> int:
     return min(workers, jobs) if jobs >= PARALLEL_FROM else 1
 
 
-def _progress(done: int, total: int, step: int) -> None:
+def _progress(done: int, total: int, step: int, verb: str) -> None:
     if total >= 100 and (done % step == 0 or done == total):
-        print(f"{PROG}: downscaled {done:,} of {total:,}", flush=True)
+        print(f"{PROG}: {verb} {done:,} of {total:,}", flush=True)
+
+
+def read_record(resized_dir: Path) -> dict[str, Record]:
+    """{downscaled name: record} from the folder's record file; {} when there is
+    none or it cannot be used (then every image is made again, with a warning)."""
+    path = resized_dir / RECORD
+    if not path.exists():
+        return {}
+    if not path.is_file():  # refused now: it could not be written after all the work
+        raise PrepareError(f"{path} is not a file; move it away (it is this script's record)")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not JSON"
+        print(f"{PROG}: warning: cannot read {path} ({problem}); every image is made again",
+              file=sys.stderr)  # fmt: skip
+        return {}
+    if not isinstance(saved, dict) or not isinstance(saved.get("images"), dict):
+        print(f"{PROG}: warning: {path} is not a record of this script; every image is made "
+              "again", file=sys.stderr)  # fmt: skip
+        return {}
+    if saved.get("method") != METHOD:
+        return {}  # made with other settings: none of them is what this run makes
+    return saved["images"]
+
+
+def write_record(resized_dir: Path, records: dict[str, Record]) -> None:
+    data = json.dumps({"method": METHOD, "images": records}, indent=1, sort_keys=True) + "\n"
+    path = resized_dir / RECORD
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == data.encode():
+            return  # a rerun that made nothing changes nothing
+    try:
+        write_bytes_atomic(path, data.encode())
+    except OSError as exc:
+        raise PrepareError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def downscale_images(names: list[str], image_dir: Path, resized_dir: Path, workers: int) -> None:
-    """Make resized_dir/resized_name(name) for every name, reusing fresh ones."""
+    """Make resized_dir/resized_name(name) for every name, reusing those that
+    their record shows to be complete copies of the same source."""
     try:
         resized_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PrepareError(f"cannot create {resized_dir}: {exc.strerror or exc}") from None
-    jobs = [(image_dir / name, resized_dir / resized_name(name)) for name in names]
-    stale = [job for job in jobs if not is_fresh(*job)]
+    records = read_record(resized_dir)
+    jobs = [
+        (image_dir / name, resized_dir / resized_name(name), records.get(resized_name(name)))
+        for name in names
+    ]
+    recorded = [job for job in jobs if job[2] is not None]
+    checks = run_jobs(unchanged, recorded, workers, "checked")
+    fresh = {target for (_, target, _), ok in zip(recorded, checks, strict=True) if ok}
+    stale = [job for job in jobs if job[1] not in fresh]
     print(
-        f"{PROG}: {len(jobs) - len(stale):,} downscaled images in {resized_dir} reused, "
+        f"{PROG}: {len(fresh):,} downscaled images in {resized_dir} reused, "
         f"{len(stale):,} to make (short side {SHORT_SIDE}, "
         f"{process_count(len(stale), workers)} processes)",
         flush=True,
     )
-    results = run_jobs(stale, workers)
-    failed = {kind: [d for k, d in results if k == kind] for kind in ("write", "read")}
+    for _, target, _ in stale:
+        records.pop(target.name, None)  # until made again
+    results: list[Result] = []
+    try:
+        made = run_jobs(downscale, stale, workers, "downscaled")
+        for (_, target, _), result in zip(stale, made, strict=True):
+            results.append(result)
+            if result[2] is not None:
+                records[target.name] = result[2]
+    except BaseException:
+        # Stopped or failed midway: keep what was made for the next run.
+        with contextlib.suppress(PrepareError):
+            write_record(resized_dir, records)
+        raise
+    write_record(resized_dir, records)
+    failed = {kind: [d for k, d, _ in results if k == kind] for kind in ("write", "read")}
     if failed["write"]:
         raise PrepareError(
             f"cannot write {len(failed['write'])} downscaled images: {failed['write'][0]}"
@@ -259,7 +355,7 @@ def downscale_images(names: list[str], image_dir: Path, resized_dir: Path, worke
             f"{len(failed['read'])} images in {image_dir} cannot be decoded: "
             f"{first_names(failed['read'])}; re-extract them, or delete them to leave them out"
         )
-    small = [detail for kind, detail in results if kind == "small"]
+    small = [detail for kind, detail, _ in results if kind == "small"]
     if small:
         print(
             f"{PROG}: warning: {len(small)} images have a short side of {SHORT_SIDE} px or "

@@ -24,13 +24,21 @@ For each seed k, in order:
      --resume.
   3. The summary: OUT/summary.json and a table of each split's test
      SRCC/PLCC/KRCC with their median, mean and sample std (ddof=1) over the
-     finished splits (hyperiqa/protocol.py).
+     finished splits (hyperiqa/protocol.py). It covers every split of the
+     protocol: the --seeds given and any other OUT/seed<k> already there, so
+     --seeds 0-4 now and --seeds 5-9 later end with a summary of all 10.
 
 OUT/protocol.json records the split settings and the train.py flags of the
 first start. A later start with other settings is refused (use another --out),
 so a summary never mixes protocols; --seeds may change (add splits later).
 Speed-only flags (--num_workers, --dali_*, ...) may change too, as with
-train.py --resume.
+train.py --resume. For the same reason every finished split (skipped or
+summarised) must have been trained under protocol.json: its args.json is
+compared with it first, and a split trained with other settings (copied in,
+or left from an older protocol) is refused in one line naming the split and
+the flags that differ, before anything is trained. Without protocol.json
+(--summary_only on folders trained by hand) the finished splits are compared
+with each other instead.
 
 Stopping: Ctrl-C or SIGTERM is passed on, once, to the running train.py (or
 to torchrun, which relays it to its workers): it stops at its next safe point
@@ -52,6 +60,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -66,7 +75,7 @@ from hyperiqa.config import flags_json
 from hyperiqa.config import parse_args as parse_train_args
 from hyperiqa.errors import JSON_ERRORS, json_problem
 from hyperiqa.protocol import format_summary, parse_seeds, summarize, write_summary
-from hyperiqa.run_folder import RunFolder, shell_path
+from hyperiqa.run_folder import ARGS, RunFolder, shell_path
 from hyperiqa.run_summary import RunFolderError, load_run
 from hyperiqa.spec import RESUME_MAY_CHANGE
 from hyperiqa.stopping import EXIT_INTERRUPTED, STOP_SIGNALS, Interrupted
@@ -84,6 +93,7 @@ RESERVED = ("--dataset_root", "--train_json", "--val_json", "--test_json", "--va
 NOT_PROTOCOL = RESUME_MAY_CHANGE | {"seed", "train_json", "val_json", "test_json", "world_size"}
 # Signals passed on to the training: Ctrl-C, SIGTERM, and a closed terminal.
 FORWARDED = (*STOP_SIGNALS, signal.SIGHUP)
+SPLIT_FOLDER = re.compile(r"seed(0|[1-9][0-9]*)", re.ASCII)  # run_dir's names, no seed01
 
 
 class ProtocolError(Exception):
@@ -120,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=seeds_type,
         default=parse_seeds("0-9"),
-        help="splits to run: 0-9 (default), 0,3,5 or 0-4,7",
+        help="splits to run: 0-9 (default), 0,3,5 or 0-4,7; the summary also covers "
+        "any other OUT/seed<k> already there",
     )
     p.add_argument(
         "--split",
@@ -151,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--summary_only",
         action="store_true",
-        help="train nothing: summarise the run folders OUT/seed<k> as they are",
+        help="train nothing: summarise the run folders OUT/seed<k> as they are (--seeds "
+        "and any other found); finished ones are first checked against OUT/protocol.json",
     )
     return p
 
@@ -261,16 +273,32 @@ def differences(saved: dict, now: dict) -> list[str]:
     ]
 
 
+def read_protocol(out: Path) -> dict | None:
+    """OUT/protocol.json, checked to be a protocol record; None when there is none."""
+    path = out / PROTOCOL
+    if not path.exists():
+        return None
+    if not path.is_file():  # not to be taken for "no protocol": its splits go unchecked
+        raise ProtocolError(f"{path} is not a file; restore it or use another --out")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProtocolError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except JSON_ERRORS as exc:
+        raise ProtocolError(f"cannot read {path}: {json_problem(exc)}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
+        raise ProtocolError(
+            f'{path} is not a protocol record (a JSON object with a "train" object); '
+            "restore it or use another --out"
+        )
+    return saved
+
+
 def claim_protocol(out: Path, settings: dict) -> None:
     """Write OUT/protocol.json on the first start; later starts must match it."""
     path = out / PROTOCOL
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ProtocolError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except JSON_ERRORS as exc:
-            raise ProtocolError(f"cannot read {path}: {json_problem(exc)}") from None
+    saved = read_protocol(out)
+    if saved is not None:
         diffs = differences(saved, settings)
         if diffs:
             raise ProtocolError(
@@ -286,6 +314,98 @@ def claim_protocol(out: Path, settings: dict) -> None:
         write_bytes_atomic(path, (json.dumps(settings, indent=2) + "\n").encode())
     except OSError as exc:
         raise ProtocolError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+# -- the splits it finds, and their settings ------------------------------------------------
+
+
+def protocol_seeds(out: Path, seeds: Sequence[int]) -> list[int]:
+    """The splits of the protocol in ``out``: ``seeds`` and every other OUT/seed<k>
+    folder there, in order. A summary of only the latest --seeds would silently
+    drop the splits of an earlier start."""
+    found = set()
+    with contextlib.suppress(OSError):  # no --out folder yet
+        for entry in out.iterdir():
+            match = SPLIT_FOLDER.fullmatch(entry.name)
+            if match and entry.is_dir():
+                found.add(int(match[1]))
+    return sorted(set(seeds) | found)
+
+
+def as_decided(asked: dict, used: dict) -> dict:
+    """protocol.json's train settings ``asked``, with each choice train.py leaves
+    to the machine (``auto``, a default) replaced by what a split's args.json
+    ``used`` says it became, as train.py's as_run and resolve_runtime decide it:
+    args.json records the values used, protocol.json the flags given."""
+    decided = dict(asked)
+    cuda = used.get("device") == "cuda"
+    for key, choices in (("device", ("cuda", "cpu")), ("loader", ("dali", "pillow"))):
+        if asked.get(key) == "auto" and used.get(key) in choices:
+            decided[key] = used[key]
+    if "amp" in asked and asked["amp"] is None:  # the default: bf16 on CUDA, fp32 elsewhere
+        decided["amp"] = "bf16" if cuda else "off"
+    if "channels_last" in asked:  # NHWC applies on CUDA only
+        decided["channels_last"] = asked["channels_last"] is True and cuda
+    if "shuffle_window" in asked and asked["shuffle_window"] is None:
+        decided["shuffle_window"] = asked.get("batch_size")
+    return decided
+
+
+def split_differences(expected: dict, used: dict) -> list[str]:
+    """``flag: expected -> used`` for every setting of the protocol that differs."""
+    keys = sorted((set(expected) | set(used)) - NOT_PROTOCOL)
+    return [
+        f"{k}: {expected.get(k)!r} -> {used.get(k)!r}"
+        for k in keys
+        if expected.get(k) != used.get(k)
+    ]
+
+
+def finished_args(folder: Path) -> dict | None:
+    """The args.json of the run in ``folder`` if it finished with a test score (a
+    split the summary counts), {} when that run has no args.json, else None."""
+    try:
+        run = load_run(folder)
+    except RunFolderError:
+        return None  # not a readable run: the summary lists it as excluded
+    if not run.completed or run.test is None:
+        return None
+    return run.args if (folder / ARGS).is_file() else {}
+
+
+def check_splits(out: Path, seeds: Sequence[int], protocol: dict | None) -> None:
+    """Refuse (ProtocolError) if a finished split was trained with other settings
+    than ``protocol`` (protocol.json), or, without one, than the first finished
+    split: a summary never mixes protocols."""
+    first: tuple[str, dict] | None = None  # without protocol.json, the yardstick
+    for seed in seeds:
+        folder = run_dir(out, seed)
+        used = finished_args(folder)
+        if used is None:
+            continue
+        split = f"seed {seed} ({folder})"
+        against = str(out / PROTOCOL) if protocol is not None else first and first[0]
+        if not used:
+            raise ProtocolError(
+                f"{split} has no {ARGS}, so its settings cannot be compared with "
+                f"{against or 'the other splits'}; restore it or move the folder out of {out}"
+            )
+        if protocol is not None:  # the runner trained it with --seed <k>
+            diffs = split_differences(as_decided(protocol["train"], used), used)
+            if used.get("seed") != seed:
+                diffs.insert(0, f"seed: {seed!r} -> {used.get('seed')!r}")
+        elif first is None:
+            first = (split, used)
+            continue
+        else:
+            diffs = split_differences(first[1], used)
+        if diffs:
+            raise ProtocolError(
+                f"{split} was trained with other settings than {against}: "
+                + "; ".join(diffs)
+                + f"; it is not a split of this protocol: move it out of {out} "
+                "(or use another --out)"
+            )
 
 
 # -- the commands it runs --------------------------------------------------------------------
@@ -414,10 +534,18 @@ def run_split(args: argparse.Namespace, seed: int, children: Children) -> str | 
 
 
 def report_summary(args: argparse.Namespace, failures: dict[int, str]) -> None:
-    """Write OUT/summary.json and print the table."""
-    summary = summarize({seed: run_dir(args.out, seed) for seed in args.seeds}, failures)
-    with contextlib.suppress(OSError, ValueError):
-        summary = {"protocol": json.loads((args.out / PROTOCOL).read_text()), **summary}
+    """Write OUT/summary.json and print the table: every split of the protocol,
+    each finished one checked against protocol.json first."""
+    protocol = read_protocol(args.out)
+    seeds = protocol_seeds(args.out, args.seeds)
+    check_splits(args.out, seeds, protocol)
+    extra = [seed for seed in seeds if seed not in args.seeds]
+    if extra:
+        found = ", ".join(map(str, extra))
+        print(f"{PROG}: the summary covers every split in {args.out}: also seed {found}")
+    summary = summarize({seed: run_dir(args.out, seed) for seed in seeds}, failures)
+    if protocol is not None:
+        summary = {"protocol": protocol, **summary}
     try:
         write_summary(args.out / SUMMARY, summary)
     except OSError as exc:
@@ -435,6 +563,8 @@ def run_protocol(args: argparse.Namespace, children: Children) -> int:
     if not args.koniq_root.is_dir():
         raise ProtocolError(f"--koniq_root {args.koniq_root} is not a directory")
     claim_protocol(args.out, protocol_settings(args))
+    # Before any training: a foreign finished split would only be refused hours later.
+    check_splits(args.out, protocol_seeds(args.out, args.seeds), read_protocol(args.out))
     failures: dict[int, str] = {}
     for seed in args.seeds:
         try:

@@ -122,6 +122,28 @@ def test_group_write_failing_or_interrupted_rename_rolls_back(
     assert folder_state(out) == before  # old bytes, no new file, no temp or backup left
 
 
+def test_a_short_write_without_an_error_replaces_nothing(
+    old_group: dict[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that takes fewer bytes than written, without an error (a
+    nearly full disk): the size check before the rename catches it."""
+    out = next(iter(old_group)).parent
+    before = folder_state(out)
+    real_fsync = os.fsync
+
+    def short(fd: int) -> None:
+        os.ftruncate(fd, os.fstat(fd).st_size - 1)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", short)
+    with pytest.raises(GroupWriteError, match="short write: 8 of 9 bytes"):
+        write_all_or_nothing(old_group)
+    with pytest.raises(OSError, match="short write"):
+        atomic.write_bytes_atomic(out / "a_test.json", b"new test")
+    monkeypatch.undo()
+    assert folder_state(out) == before
+
+
 def test_group_write_interrupted_keeps_old_files(
     old_group: dict[Path, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,11 +165,15 @@ def test_group_write_interrupted_keeps_old_files(
 # ---------------------------------------------------------------- CLIVE
 
 
+def make_clive_names(n: int) -> list[str]:
+    return [f"t{i + 1}.bmp" if i < 7 else f"{i + 100}.bmp" for i in range(n)]
+
+
 def make_clive(
     root: Path, n: int = 12, missing: tuple[int, ...] = ()
 ) -> tuple[list[str], list[float]]:
     """A LIVE Challenge release: n images, the first 7 in Images/trainingImages/."""
-    names = [f"t{i + 1}.bmp" if i < 7 else f"{i + 100}.bmp" for i in range(n)]
+    names = make_clive_names(n)
     mos = [float(10 + 5 * i) for i in range(n)]
     (root / "Images" / "trainingImages").mkdir(parents=True)
     (root / "Data").mkdir()
@@ -159,11 +185,20 @@ def make_clive(
     return names, mos
 
 
-def save_clive_mats(root: Path, names: list, mos: list[float]) -> None:
-    cell = np.empty((len(names), 1), dtype=object)  # a MATLAB cell array, 1169x1 as released
-    for i, name in enumerate(names):
-        cell[i, 0] = name
-    scipy.io.savemat(root / "Data" / "AllImages_release.mat", {"AllImages_release": cell})
+def save_clive_mats(root: Path, names: list, mos: list[float], layout: str = "cell") -> None:
+    """The two .mat files; the names as a cell array (as released) or as a char
+    matrix: one name per row, padded with spaces ("padded", as MATLAB's char()
+    makes it) or stored one character per cell ("chars")."""
+    if layout == "cell":
+        value = np.empty((len(names), 1), dtype=object)  # a MATLAB cell array, 1169x1
+        for i, name in enumerate(names):
+            value[i, 0] = name
+    elif layout == "padded":
+        value = np.array(names)  # savemat writes a char matrix, rows padded with spaces
+    else:
+        width = max(map(len, names))
+        value = np.array([list(name.ljust(width)) for name in names])
+    scipy.io.savemat(root / "Data" / "AllImages_release.mat", {"AllImages_release": value})
     scipy.io.savemat(
         root / "Data" / "AllMOS_release.mat", {"AllMOS_release": np.array([mos], dtype=float)}
     )
@@ -215,6 +250,61 @@ def test_clive_reads_what_loadmat_returns(tmp_path: Path) -> None:
     assert loaded["x"].dtype == object and loaded["x"][1, 0].tolist() == ["bb.JPG"]
     assert module.cell_strings(loaded["x"], tmp_path, "x") == names
     assert module.cell_strings(loaded["chars"], tmp_path, "chars") == ["a.bmp", "b.bmp"]
+
+
+# Names of several lengths: a char matrix pads the shorter ones.
+CLIVE_NAMES = [*(f"t{i + 1}.bmp" for i in range(7)), "3.bmp", "10.bmp", "1000.bmp", "55.JPG"]
+
+
+@pytest.mark.parametrize("layout", ["padded", "chars"])
+def test_clive_reads_names_stored_as_a_char_matrix(tmp_path: Path, layout: str) -> None:
+    """Every test image of a char-matrix release is found, its name unpadded."""
+    root = tmp_path / "ChallengeDB_release"
+    make_clive(root, n=len(CLIVE_NAMES))
+    for old, new in zip(make_clive_names(len(CLIVE_NAMES)), CLIVE_NAMES, strict=True):
+        folder = root / "Images" / ("trainingImages" if old.startswith("t") else "")
+        (folder / old).rename(folder / new)
+    mos = [float(10 + 5 * i) for i in range(len(CLIVE_NAMES))]
+    save_clive_mats(root, CLIVE_NAMES, mos, layout)
+    loaded = scipy.io.loadmat(root / "Data" / "AllImages_release.mat")["AllImages_release"]
+    assert loaded.dtype.kind == "U"  # what the char-matrix path of prepare_clive reads
+    proc = prepare_clive(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "missing" not in proc.stderr
+    entries = read_entries(tmp_path / "metas" / "clive_test.json")
+    assert [e["image"] for e in entries] == [
+        f"ChallengeDB_release/Images/{name}" for name in CLIVE_NAMES[7:]
+    ]
+    assert [e["score"] for e in entries] == pytest.approx(mos[7:])
+
+
+@pytest.mark.parametrize("layout", ["cell", "padded", "chars"])
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        ("../Images/1000.bmp", "bad image name '../Images/1000.bmp'"),  # exists through ..
+        (" ../Images/10.bmp", "bad image name '../Images/10.bmp'"),
+        ("/etc/hostname", "bad image name '/etc/hostname'"),
+        ("..", "bad image name '..'"),
+        ("sub\\x.bmp", "bad image name"),
+        ("   ", "is empty or not text"),
+        ("1\x1b[2J.bmp", "bad image name '1\\x1b[2J.bmp' (it holds a control character)"),
+        ("1\n.bmp", "bad image name '1\\n.bmp' (it holds a control character)"),
+    ],
+)
+def test_clive_names_are_checked_in_every_layout(
+    tmp_path: Path, layout: str, bad: str, needle: str
+) -> None:
+    """A name with a folder part is refused whether the names are a cell array or
+    a char matrix (padded or not): one line naming the file and the entry."""
+    root = tmp_path / "ChallengeDB_release"
+    names, mos = make_clive(root)
+    names[9] = bad
+    save_clive_mats(root, names, mos, layout)
+    proc = prepare_clive(tmp_path)
+    assert_one_line_and_nothing_written(
+        proc, tmp_path / "metas", "AllImages_release.mat", "AllImages_release", "10", needle
+    )
 
 
 def test_clive_missing_images_reported_and_left_out(tmp_path: Path) -> None:
@@ -418,6 +508,119 @@ def test_spaq_rerun_reuses_fresh_images(tmp_path: Path) -> None:
     assert folder_state(resized)[names[1]] == first[names[1]]
 
 
+def load_script(name: str):
+    """scripts/<name>.py as a module, to call its functions in this process."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def temp_file_of(fd: int) -> bool:
+    """Is ``fd`` open on a temp file of a downscaled image (``.00001.jpg.xxxx.tmp``)?"""
+    name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+    return name.startswith(".") and ".jpg." in name and name.endswith(".tmp")
+
+
+@pytest.mark.parametrize("failure", ["short", "enospc"])
+def test_spaq_short_write_is_never_renamed_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """A full disk: the bytes of a downscaled image do not all reach the file,
+    with no error ("short") or with ENOSPC at the flush. The old copy stays,
+    no half JPEG is renamed into place, and the next run makes it again."""
+    prepare_spaq_module = load_script("prepare_spaq")
+    root = tmp_path / "SPAQ"
+    names = make_spaq(root, sizes=SPAQ_SIZES[:3])  # fewer than 8: made in this process
+    image_dir, resized = root / "TestImage", root / "TestImage_512"
+    prepare_spaq_module.downscale_images(names, image_dir, resized, 1)
+    before = folder_state(resized)
+    Image.new("RGB", (900, 700), (0, 0, 255)).save(image_dir / names[0])  # to be made again
+
+    real_fsync = os.fsync
+
+    def disk_full(fd: int) -> None:
+        if temp_file_of(fd):
+            if failure == "enospc":
+                raise OSError(28, "No space left on device")
+            os.ftruncate(fd, os.fstat(fd).st_size // 2)  # half of it reached the disk
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(prepare_spaq_module.PrepareError) as caught:
+        prepare_spaq_module.downscale_images(names, image_dir, resized, 1)
+    assert f"cannot write 1 downscaled images: {resized / names[0]}" in str(caught.value)
+    after = folder_state(resized)
+    assert {n: after[n] for n in names} == {n: before[n] for n in names}  # old copies, whole
+    assert sorted(after) == sorted(before)  # no temp file left
+
+    monkeypatch.undo()
+    prepare_spaq_module.downscale_images(names, image_dir, resized, 1)
+    with Image.open(resized / names[0]) as made:
+        made.load()  # complete
+        assert made.getpixel((10, 10))[2] > 200  # from the new source
+
+
+def test_spaq_rerun_remakes_a_truncated_copy(tmp_path: Path) -> None:
+    """A copy cut short after it was made (newer than its source, so a timestamp
+    rule would reuse it) is made again, whole."""
+    names = make_spaq(tmp_path / "SPAQ")
+    assert prepare_spaq(tmp_path).returncode == 0
+    copy = tmp_path / "SPAQ" / "TestImage_512" / names[2]
+    whole = copy.read_bytes()
+    copy.write_bytes(whole[: len(whole) // 2])  # no end marker
+    proc = prepare_spaq(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "8 downscaled images" in proc.stdout and "reused, 1 to make" in proc.stdout
+    assert copy.read_bytes() == whole
+
+
+def test_spaq_rerun_remakes_a_copy_of_a_replaced_source(tmp_path: Path) -> None:
+    """A source replaced by another image with an older timestamp (as an archive
+    extracted again sets it) is downscaled again: reuse is decided by content."""
+    names = make_spaq(tmp_path / "SPAQ")
+    assert prepare_spaq(tmp_path).returncode == 0
+    source = tmp_path / "SPAQ" / "TestImage" / names[4]
+    Image.new("RGB", (640, 520), (0, 0, 255)).save(source, quality=90)
+    os.utime(source, ns=(1_500_000_000_000_000_000,) * 2)  # older than every copy
+    proc = prepare_spaq(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "reused, 1 to make" in proc.stdout
+    copy = Image.open(tmp_path / "SPAQ" / "TestImage_512" / names[4])
+    assert copy.getpixel((10, 10))[2] > 200
+
+
+@pytest.mark.parametrize("damage", ["garbage", "no_record", "other_method", "tampered"])
+def test_spaq_copies_without_a_usable_record_are_made_again(tmp_path: Path, damage: str) -> None:
+    """Copies whose record is unreadable, absent (an older version made them),
+    made with other settings or not matching are made again; never an error."""
+    make_spaq(tmp_path / "SPAQ")
+    assert prepare_spaq(tmp_path).returncode == 0
+    record = tmp_path / "SPAQ" / "TestImage_512" / "prepare_spaq_record.json"
+    saved = json.loads(record.read_text())
+    if damage == "garbage":
+        record.write_bytes(b"\x00{not json")
+    elif damage == "no_record":
+        record.unlink()
+    elif damage == "other_method":
+        record.write_text(json.dumps({**saved, "method": {**saved["method"], "quality": 90}}))
+    else:  # every record names another source
+        for entry in saved["images"].values():
+            entry["source"] = {"size": entry["source"]["size"], "sha256": "0" * 64}
+        saved["images"]["00001.jpg"] = ["not", "a", "record"]
+        record.write_text(json.dumps(saved))
+    proc = prepare_spaq(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 downscaled images" in proc.stdout and "reused, 9 to make" in proc.stdout
+    assert ("cannot read" in proc.stderr) == (damage == "garbage")
+    assert json.loads(record.read_text())["images"].keys() == saved["images"].keys()
+    assert prepare_spaq(tmp_path).stdout.count("reused, 0 to make") == 1
+
+
 def test_spaq_missing_images_reported_and_left_out(tmp_path: Path) -> None:
     names = make_spaq(tmp_path / "SPAQ")
     (tmp_path / "SPAQ" / "TestImage" / names[4]).unlink()
@@ -453,6 +656,10 @@ def _damaged_spaq(root: Path, damage: str) -> None:
         xlsx.unlink()
     elif damage == "corrupt_image":
         (root / "TestImage" / names[1]).write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    elif damage == "empty_image":
+        (root / "TestImage" / names[1]).write_bytes(b"")
+    elif damage == "record_folder":
+        (root / "TestImage_512" / "prepare_spaq_record.json").mkdir(parents=True)
 
 
 @pytest.mark.parametrize(
@@ -464,6 +671,8 @@ def _damaged_spaq(root: Path, damage: str) -> None:
         ("garbage", [SPAQ_XLSX, "cannot read"]),
         ("no_xlsx", [SPAQ_XLSX, "not found"]),
         ("corrupt_image", ["00002.jpg", "cannot be decoded"]),
+        ("empty_image", ["00002.jpg (not an image Pillow can identify)"]),
+        ("record_folder", ["prepare_spaq_record.json is not a file"]),
     ],
 )
 def test_spaq_bad_release_fails_in_one_line(

@@ -247,6 +247,136 @@ def test_what_each_split_folder_needs(tmp_path: Path) -> None:
     assert step(tmp_path / "empty") == "train" and step(tmp_path / "absent") == "train"
 
 
+# -- finished splits must belong to the protocol ----------------------------------------------
+
+
+def claimed_protocol(tmp_path: Path, *extra: str):
+    """A protocol folder whose protocol.json was written by a start with ``extra``."""
+    (tmp_path / "koniq10k").mkdir(exist_ok=True)  # no CSV: preparing a split fails
+    args = run_protocol.parse_args(runner_args(tmp_path, *extra))
+    run_protocol.claim_protocol(args.out, run_protocol.protocol_settings(args))
+    return args
+
+
+def recorded_args(args, seed: int, device: str = "cpu") -> dict:
+    """args.json as train.py writes it for split ``seed``: the flags the runner
+    gives, with every ``auto`` resolved as on a CPU (or a CUDA machine with DALI)."""
+    flags = [*run_protocol.split_flags(args, seed), *args.train_flags]
+    recorded = run_protocol.parse_train_args(flags).to_json()
+    cuda = device == "cuda"
+    recorded.update(device=device, loader="dali" if cuda else "pillow",
+                    amp="bf16" if cuda else "off", channels_last=cuda, num_workers=0,
+                    shuffle_window=recorded["batch_size"], cudnn_benchmark=cuda)  # fmt: skip
+    return recorded
+
+
+def finished_split(
+    args, seed: int, srcc: float = 0.9, device: str = "cpu", changes: dict | None = None
+) -> Path:
+    """A split folder that finished with a test score, its args.json changed as ``changes`` say."""
+    folder = fake_run(args.out / f"seed{seed}", scores(srcc, srcc, srcc - 0.1))
+    recorded = {**recorded_args(args, seed, device), **(changes or {})}
+    (folder / "args.json").write_text(json.dumps(recorded))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("tamper", "needle"),
+    [
+        ({"lr": 1e-4}, "lr: 2e-05 -> 0.0001"),
+        ({"eval_json": ["clive=c.json"]}, "eval_json: [] -> ['clive=c.json']"),
+        ({"seed": 7}, "seed: 1 -> 7"),  # a split copied from another folder
+        ({"amp": "bf16", "device": "cuda", "channels_last": True}, "amp: 'off' -> 'bf16'"),
+        (None, "has no args.json"),
+    ],
+)
+@pytest.mark.parametrize("summary_only", [True, False])
+def test_a_finished_split_with_other_settings_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture, tamper: dict | None, needle: str,
+    summary_only: bool,
+) -> None:  # fmt: skip
+    """A split trained under other settings (an older protocol, a folder copied in)
+    must not enter the summary: one line naming the split and the flag, before any
+    training, and no summary.json."""
+    args = claimed_protocol(tmp_path, "--seeds", "0-2", "--", "--amp", "off")
+    finished_split(args, 0)
+    seed1 = finished_split(args, 1, changes=tamper)
+    if tamper is None:
+        (seed1 / "args.json").unlink()
+    argv = runner_args(tmp_path, "--seeds", "0-2", "--", "--amp", "off")
+    if summary_only:
+        argv = ["--out", str(args.out), "--seeds", "0-2", "--summary_only"]
+    assert run_protocol.main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"run_protocol: error: seed 1 ({seed1}) ")
+    assert needle in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert "preparing" not in captured.out  # refused before seed 2 is touched
+    assert not (args.out / "summary.json").exists()
+
+
+def test_splits_trained_as_the_protocol_says_count(tmp_path: Path) -> None:
+    """A split's args.json holds what train.py decided (device, loader, amp, ...),
+    protocol.json the flags as given: auto and the defaults match their outcome."""
+    args = claimed_protocol(tmp_path, "--seeds", "0,1")
+    finished_split(args, 0, srcc=0.9)  # on a CPU
+    finished_split(args, 1, srcc=0.8, device="cuda")
+    proc = run_cli(SCRIPT, "--out", str(args.out), "--seeds", "0,1", "--summary_only")
+    assert proc.returncode == 0, proc.stderr
+    assert read_json(args.out / "summary.json")["counted"] == 2
+
+
+def test_the_summary_covers_every_split_of_the_protocol(tmp_path: Path) -> None:
+    """Splits 0-1 from an earlier start stay in the summary of a start with --seeds 2."""
+    args = claimed_protocol(tmp_path, "--seeds", "2")
+    for seed, srcc in ((0, 0.9), (1, 0.8), (2, 0.85)):
+        finished_split(args, seed, srcc=srcc)
+    (args.out / "seed01").mkdir()  # not a split folder of the runner's: ignored
+    proc = run_cli(SCRIPT, "--out", str(args.out), "--seeds", "2", "--summary_only")
+    assert proc.returncode == 0, proc.stderr
+    summary = read_json(args.out / "summary.json")
+    assert [row["seed"] for row in summary["splits"]] == [0, 1, 2]
+    assert summary["counted"] == 3 and summary["statistics"]["test"]["srcc"]["n"] == 3
+    assert "also seed 0, 1" in proc.stdout and "3 of 3 splits counted" in proc.stdout
+
+
+def test_without_protocol_json_the_splits_are_compared_with_each_other(tmp_path: Path) -> None:
+    fake_run(tmp_path / "seed0", scores(0.9, 0.92, 0.8))
+    fake_run(tmp_path / "seed1", scores(0.8, 0.82, 0.7))
+    other = json.loads((tmp_path / "seed1" / "args.json").read_text())
+    (tmp_path / "seed1" / "args.json").write_text(json.dumps({**other, "lr": 1e-4}))
+    proc = run_cli(SCRIPT, "--out", str(tmp_path), "--seeds", "0,1", "--summary_only")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        f"run_protocol: error: seed 1 ({tmp_path / 'seed1'}) was trained with other settings "
+        f"than seed 0 ({tmp_path / 'seed0'}): lr: 2e-05 -> 0.0001; it is not a split of this "
+        f"protocol: move it out of {tmp_path} (or use another --out)"
+    )
+    assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [("[1, 2]", "is not a protocol record"), ("{not json", "cannot read"),
+     ('{"train": 3}', "is not a protocol record"), (None, "protocol.json is not a file")],
+)  # fmt: skip
+def test_a_damaged_protocol_json_is_one_line(
+    tmp_path: Path, content: str | None, needle: str
+) -> None:
+    """Never a traceback, and never taken for "no protocol" (its splits unchecked)."""
+    fake_run(tmp_path / "seed0", scores(0.9, 0.92, 0.8))
+    protocol = tmp_path / "protocol.json"
+    if content is None:
+        protocol.mkdir()
+    else:
+        protocol.write_text(content)
+    for argv in (["--summary_only"], ["--koniq_root", str(tmp_path)]):
+        proc = run_cli(SCRIPT, "--out", str(tmp_path), "--seeds", "0", *argv)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert protocol.is_dir() if content is None else protocol.read_text() == content
+    assert not (tmp_path / "summary.json").exists()
+
+
 # -- signals ----------------------------------------------------------------------------------
 
 CHILD = """
