@@ -88,9 +88,7 @@ class WriteError(UserError):
     """A file the user keeps could not be written (full disk, permissions)."""
 
 
-def _write_or_say(
-    path: Path, write: Callable[[IO[bytes]], None], size: int | None = None
-) -> None:
+def _write_or_say(path: Path, write: Callable[[IO[bytes]], None], size: int | None = None) -> None:
     try:
         write_atomic(path, write, size)
     except OSError as e:

@@ -77,7 +77,7 @@ from hyperiqa.errors import JSON_ERRORS, json_problem
 from hyperiqa.protocol import format_summary, parse_seeds, summarize, write_summary
 from hyperiqa.run_folder import ARGS, RunFolder, shell_path
 from hyperiqa.run_summary import RunFolderError, load_run
-from hyperiqa.spec import RESUME_MAY_CHANGE
+from hyperiqa.spec import ADDED_SINCE_FIRST_RELEASE, RESUME_MAY_CHANGE
 from hyperiqa.stopping import EXIT_INTERRUPTED, STOP_SIGNALS, Interrupted
 
 PROG = "run_protocol"
@@ -263,7 +263,9 @@ def protocol_settings(args: argparse.Namespace) -> dict:
 
 def differences(saved: dict, now: dict) -> list[str]:
     """``key: old -> new`` for every setting that differs (train flags one by one)."""
-    flat_saved = {**saved, **{f"train.{k}": v for k, v in saved.get("train", {}).items()}}
+    # A protocol started before a flag existed ran with that flag's first value.
+    saved_train = {**ADDED_SINCE_FIRST_RELEASE, **saved.get("train", {})}
+    flat_saved = {**saved, **{f"train.{k}": v for k, v in saved_train.items()}}
     flat_now = {**now, **{f"train.{k}": v for k, v in now.get("train", {}).items()}}
     keys = sorted((set(flat_saved) | set(flat_now)) - {"train", "train_flags"})
     return [
@@ -335,7 +337,7 @@ def protocol_seeds(out: Path, seeds: Sequence[int]) -> list[int]:
 def as_decided(asked: dict, used: dict) -> dict:
     """protocol.json's train settings ``asked``, with each choice train.py leaves
     to the machine (``auto``, a default) replaced by what a split's args.json
-    ``used`` says it became, as train.py's as_run and resolve_runtime decide it:
+    ``used`` says it became, as hyperiqa.config.resolve decides it:
     args.json records the values used, protocol.json the flags given."""
     decided = dict(asked)
     cuda = used.get("device") == "cuda"
@@ -353,6 +355,8 @@ def as_decided(asked: dict, used: dict) -> dict:
 
 def split_differences(expected: dict, used: dict) -> list[str]:
     """``flag: expected -> used`` for every setting of the protocol that differs."""
+    expected = {**ADDED_SINCE_FIRST_RELEASE, **expected}
+    used = {**ADDED_SINCE_FIRST_RELEASE, **used}
     keys = sorted((set(expected) | set(used)) - NOT_PROTOCOL)
     return [
         f"{k}: {expected.get(k)!r} -> {used.get(k)!r}"

@@ -535,3 +535,12 @@ def test_summary_only_reads_folders_trained_elsewhere(tmp_path: Path) -> None:
 def test_a_seed_range_beyond_reason_is_refused() -> None:
     with pytest.raises(ValueError, match="at most 1000 seeds"):
         parse_seeds("0-100000000000")
+
+
+def test_a_protocol_or_split_from_before_the_backbone_flag_still_matches() -> None:
+    """protocol.json and args.json written before --backbone existed ran resnet50."""
+    old = {"split": "random", "train": {"lr": 2e-5}}
+    now = {"split": "random", "train": {"lr": 2e-5, "backbone": "resnet50"}}
+    assert run_protocol.differences(old, now) == []
+    assert run_protocol.differences(old, {**now, "train": {"lr": 2e-5, "backbone": "tiny"}})
+    assert run_protocol.split_differences({"lr": 2e-5}, {"lr": 2e-5, "backbone": "resnet50"}) == []
