@@ -57,13 +57,20 @@ def run_logger(
         file_handler.setFormatter(fmt)
     console = _Echo()
     console.setFormatter(fmt)
-    logger.addHandler(console)
-    if file_handler is not None:
-        logger.addHandler(file_handler)
+    # The loaders (pipelines/, which does not import hyperiqa) log to "pipelines.*":
+    # their warnings belong in this run's log too.
+    loaders = logging.getLogger("pipelines")
+    for target in (logger, loaders):
+        target.addHandler(console)
+        if file_handler is not None:
+            target.addHandler(file_handler)
     try:
         yield logger
     finally:
-        for h in list(logger.handlers):
+        for h in [console, file_handler]:
+            if h is None:
+                continue
+            loaders.removeHandler(h)
             logger.removeHandler(h)
             # Closing flushes: on a full disk that fails again, and must not
             # hide the error that is already on its way out.

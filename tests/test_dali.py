@@ -7,6 +7,7 @@ and the resize/patch sizes small (96x128, 64) so the file stays fast.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 import time
@@ -21,6 +22,7 @@ pytest.importorskip("nvidia.dali")
 
 import pipelines.dali as dali_module
 import pipelines.loader as loader_module
+from hyperiqa.run_log import run_logger
 from pipelines.dali import DaliLoader, _FileReads
 from pipelines.errors import LoaderError
 from pipelines.factory import make_loader
@@ -404,6 +406,48 @@ def test_corrupt_file_raises_user_error_naming_it(damage, images, tmp_path):
         assert sum(b.images.shape[0] for b in fine) == 4 * P
     finally:
         loader.close()
+
+
+def _abandon_before_a_bad_window(images: list[Path], tmp_path: Path) -> DaliLoader:
+    """Take one window, then stop while a corrupt window is already decoding ahead."""
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(images[0].read_bytes()[:1500])
+    paths = [*images[:2], bad, *images[2:4]]
+    loader = DaliLoader(paths, _settings(batch_size=P))  # one batch per one-image window
+    it = loader.batches(_eval(len(paths), window=1))
+    next(it)  # window 0; windows 1 and 2 (the bad one) are queued
+    it.close()  # the drain meets the bad window: swallowed, the pipeline marked broken
+    return loader
+
+
+def test_a_failure_while_ending_an_epoch_is_logged_in_one_line(images, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipelines.dali"):
+        loader = _abandon_before_a_bad_window(images, tmp_path)
+    try:
+        (record,) = [r for r in caplog.records if r.name == "pipelines.dali"]
+        message = record.getMessage()
+        assert message.startswith("DALI loader: ending an epoch early failed (RuntimeError: ")
+        assert "decoders.image" in message  # what failed, not DALI's boilerplate
+        assert "Critical error" not in message and "File " not in message
+        assert "\n" not in message and record.exc_info is None  # one line, no traceback
+        (pipe,) = loader._pipelines.values()
+        assert pipe.broken
+        # The next epoch gets a fresh pipeline and works (the bad file is not in its plan).
+        assert sum(b.images.shape[0] for b in _run(loader, _eval(2))) == 2 * P
+    finally:
+        loader.close()
+
+
+def test_the_swallowed_failure_reaches_the_run_log(images, tmp_path):
+    log_path = tmp_path / "train.log"
+    shown: list[str] = []
+    with run_logger(log_path, echo=shown.append):
+        _abandon_before_a_bad_window(images, tmp_path).close()
+    (line,) = [x for x in log_path.read_text().splitlines() if "DALI loader" in x]
+    assert "ending an epoch early failed" in line
+    assert any("ending an epoch early failed" in x for x in shown)  # and on the console
+    # Outside a run the loader's logger has no handlers of ours left.
+    assert logging.getLogger("pipelines").handlers == []
 
 
 def test_missing_file_raises_user_error(images, tmp_path):
