@@ -1,7 +1,8 @@
-"""scripts/gpu_check.sh without a GPU: its time budget, its fail-fast preflight, the
-strict switch that turns skipped gpu tests into failures, and a whole run in its
-CPU stand-in mode. Also the GPU defaults the check exercises (cuDNN's autotuner
-and the benchmark rows that measure it).
+"""scripts/gpu_check.sh without a GPU: its time budget, its one-pass preflight
+(scripts/gpu_check.py), the smoke step's limits (scripts/gpu_smoke.py), the strict
+switch that turns skipped gpu tests into failures, and a whole run in its CPU
+stand-in mode. Also the GPU defaults the check exercises (cuDNN's autotuner and
+the benchmark rows that measure it).
 """
 
 from __future__ import annotations
