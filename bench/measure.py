@@ -10,9 +10,9 @@ batch by waiting for it on the device; train rows run the trainer's own
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
+import logging
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -31,6 +31,9 @@ from pipelines.factory import dali_available, make_loader
 from pipelines.loader import LoaderSettings, PatchLoader
 from pipelines.patches import PatchPlan, train_plan
 from procstat import RowMonitor
+
+# Warnings (one line each) go to stderr, the bench's log, unless logging is set up.
+log = logging.getLogger(__name__)
 
 SEED = 42
 # A KonIQ-10k run on prepare_koniq.py's random split: 7,252 train, 806 val images.
@@ -209,8 +212,16 @@ def _measure_row(
             timed = _timed_batches(setup, it, consume, period, train_on_gpu=row.train and cuda)
             file_bytes = monitor.end_measure()
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 it.close()
+            except Exception as e:  # the row's numbers stand; say what the close hit
+                first = (str(e).strip().splitlines() or [""])[0]
+                log.warning(
+                    "bench: %s: closing its batch stream failed (%s: %s); ignored",
+                    row.name,
+                    type(e).__name__,
+                    first[:200],
+                )
             loader.close()
 
     patches, batches, seconds = timed["patches"], timed["batches"], timed["seconds"]

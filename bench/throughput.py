@@ -359,6 +359,36 @@ NOTES = {
 }
 
 
+# What the loader may cost: train/dali-gpu (train/dali-cpu on the CPU) over
+# train/synthetic, the same step fed with patches already on the device.
+LOADER_RATIO_GOAL = 0.95
+LOADER_RATIO_WARN = 0.9
+
+
+def loader_ratio(results: list[dict]) -> dict:
+    """``{"rows", "ratio", "warn", "line"}``: how close training fed by DALI comes to the
+    model's ceiling. ``ratio`` is None when either row was not measured."""
+    rows = {r["name"]: r for r in results}
+    dali = "train/dali-gpu" if "train/dali-gpu" in rows else "train/dali-cpu"
+    what = f"{dali} ÷ train/synthetic"
+    missing = [
+        f"{name} {rows[name].get('error') or rows[name].get('skipped') or 'not measured'}"
+        if name in rows
+        else f"{name} not in this run"
+        for name in (dali, "train/synthetic")
+        if not rows.get(name, {}).get("patches_per_s")
+    ]
+    if missing:
+        line = f"{what}: not measured ({'; '.join(missing)})"
+        return {"rows": what, "ratio": None, "warn": False, "line": line}
+    ratio = rows[dali]["patches_per_s"] / rows["train/synthetic"]["patches_per_s"]
+    warn = ratio < LOADER_RATIO_WARN
+    line = f"{what}: {ratio:.3f} (goal >= {LOADER_RATIO_GOAL})"
+    if warn:
+        line = f"WARN {line}: under {LOADER_RATIO_WARN}, the loader costs training time"
+    return {"rows": what, "ratio": round(ratio, 4), "warn": warn, "line": line}
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -427,11 +457,14 @@ def main(argv: list[str] | None = None) -> int:
             for key in RESULT_KEYS:
                 row.setdefault(key, None)
         env = environment(s, args, load_start)
+        ratio = loader_ratio(results)
         print()
         print(format_table(env, results))
+        print(ratio["line"])
         if args.json:
             out = Path(args.json)
-            write_json_output(out, {"env": env, "results": results, "notes": NOTES}, "--json")
+            report_json = {"env": env, "results": results, "loader_ratio": ratio, "notes": NOTES}
+            write_json_output(out, report_json, "--json")
             print(f"\nwrote {out}")
         failed = [r["name"] for r in results if r.get("error")]
         if failed:  # a skipped row (no DALI, no GPU) is expected; a failed one is not

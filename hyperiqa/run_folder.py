@@ -542,13 +542,18 @@ def run_logger(
         file_handler.setFormatter(fmt)
     console = _Echo()
     console.setFormatter(fmt)
-    logger.addHandler(console)
-    if file_handler is not None:
-        logger.addHandler(file_handler)
+    # The loaders (pipelines/, which does not import hyperiqa) log to "pipelines.*":
+    # their warnings belong in this run's log too.
+    loaders = logging.getLogger("pipelines")
+    handlers = [h for h in (console, file_handler) if h is not None]
+    for target in (logger, loaders):
+        for h in handlers:
+            target.addHandler(h)
     try:
         yield logger
     finally:
-        for h in list(logger.handlers):
+        for h in handlers:
+            loaders.removeHandler(h)
             logger.removeHandler(h)
             # Closing flushes: on a full disk that fails again, and must not
             # hide the error that is already on its way out.

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,6 +74,11 @@ _GPU_FANCY_UPSAMPLING = True
 
 # How DALI names the failing operator in a pipeline error.
 _DECODER_FAILED = re.compile(r"operator `[\w.]*decoders\.image`")
+# The lines of a DALI pipeline error that say nothing about what failed.
+_DALI_BOILERPLATE = re.compile(
+    r"Critical error in pipeline:|which was used in the pipeline definition|encountered:"
+    r"|Current pipeline object is no longer valid"
+)
 
 # Windows whose files are read ahead of the one DALI's source asks for. The
 # source runs ``dali_prefetch`` windows ahead of training, so a read submitted
@@ -81,6 +87,11 @@ _DECODER_FAILED = re.compile(r"operator `[\w.]*decoders\.image`")
 READ_AHEAD = 2
 
 T = TypeVar("T")
+
+# What this loader recovers from without raising goes here, one line each: the
+# training log picks the "pipelines" loggers up (hyperiqa/run_folder.py), and with no
+# logging set up Python prints warnings to stderr.
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -300,12 +311,17 @@ class _WindowPipeline:
                     self.pipe.release_outputs()
                 self.pipe.schedule_run()  # reaches the source, which now stops
             self.pipe.reset()
-        except Exception:
+        except Exception as e:
             # A window decoded ahead but never consumed failed (or the consumer
             # stopped because of an error). Nobody asked for that window, so don't
             # raise from here (this runs while a generator closes); the next epoch
             # builds a fresh pipeline and reports the file if it is still bad.
             self.broken = True
+            log.warning(
+                "DALI loader: ending an epoch early failed (%s); the next epoch builds "
+                "a fresh pipeline",
+                _one_line(e),
+            )
 
     def close(self) -> None:
         # The DALI pipeline holds our source callback and we hold it: drop our side
@@ -380,6 +396,23 @@ class _WindowPipeline:
         else:
             output.copy_to_external(dst, ctypes.c_void_p(stream.cuda_stream), non_blocking=True)
         return out
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, for a log line. Of DALI's pipeline errors only the
+    lines that say what failed are kept, not the pipeline definition's traceback."""
+    kept: list[str] = []
+    for line in str(e).splitlines():
+        said = line.strip()
+        if (
+            said
+            and not line[0].isspace()
+            and not _DALI_BOILERPLATE.match(line)
+            and said not in kept
+        ):
+            kept.append(said)
+    text = f"{type(e).__name__}: {' '.join(kept)}" if kept else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_bytes(path: Path) -> np.ndarray:

@@ -13,6 +13,7 @@ image, and whoever holds the scores (the trainer, the metrics) looks them up.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -57,14 +58,22 @@ class PatchLoader(Protocol):
     def close(self) -> None: ...
 
 
+@functools.cache
+def _normalize_affine(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` of the ImageNet normalisation as ``[1, 3, 1, 1]`` float32 on
+    ``device``, made once per device: built per batch from Python lists they would
+    cost a pageable, blocking host-to-device copy every batch on CUDA."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
+    scale, shift = 1.0 / (255.0 * std), mean / std
+    return scale.view(1, 3, 1, 1).to(device), shift.view(1, 3, 1, 1).to(device)
+
+
 def normalize_uint8(patches: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 ``[B, 3, S, S]`` (0-255) -> ImageNet-normalised float of ``dtype``."""
-    mean = torch.tensor(IMAGENET_MEAN, device=patches.device, dtype=torch.float32)
-    std = torch.tensor(IMAGENET_STD, device=patches.device, dtype=torch.float32)
-    scale = 1.0 / (255.0 * std)
+    scale, shift = _normalize_affine(patches.device)
     # (x / 255 - mean) / std == x * scale - mean / std: one multiply-add per element.
-    out = patches.to(torch.float32) * scale.view(1, 3, 1, 1) - (mean / std).view(1, 3, 1, 1)
-    return out.to(dtype)
+    return (patches.to(torch.float32) * scale - shift).to(dtype)
 
 
 def plan_indices(plan: PatchPlan) -> np.ndarray:

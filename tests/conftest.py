@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hyperiqa.demo_data import write_demo_dataset
+from scripts.gpu_check import has_gpu_marks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,9 +25,10 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 #
 # scripts/gpu_check.sh sets HYPERIQA_GPU_STRICT=1: a GPU check must not pass by
 # skipping, so there a gpu-marked test that skips (no CUDA, DALI missing, any
-# skip marker or pytest.skip) is reported as a failure, a test module skipped
-# while collecting is a collection error, and the run ends with one line that
-# counts what ran ("strict gpu run: ...", which the check copies to its summary).
+# skip marker or pytest.skip) is reported as a failure, and so is a test module
+# skipped while collecting if its source marks tests gpu (those tests would
+# silently not run); any other test and module may still skip. The run ends with
+# one line that counts what ran ("strict gpu run: ...", copied to the summary).
 
 STRICT_GPU = "HYPERIQA_GPU_STRICT"
 _strict_results: dict[str, tuple[bool, str]] = {}  # nodeid -> (gpu-marked, outcome)
@@ -50,11 +52,18 @@ def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
 
 
+def _holds_gpu_tests(path: Path) -> bool:
+    """Read, not imported (the module skipped): does its source mark tests gpu? A
+    folder does when any test file in it does."""
+    files = sorted(path.rglob("test_*.py")) if path.is_dir() else [path]
+    return any(has_gpu_marks(f) for f in files if f.suffix == ".py")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector: pytest.Collector):
     outcome = yield
     report = outcome.get_result()
-    if strict_gpu_run() and report.skipped:
+    if strict_gpu_run() and report.skipped and _holds_gpu_tests(collector.path):
         report.outcome = "failed"
         report.longrepr = (
             f"{collector.nodeid} was skipped while collecting ({_skip_reason(report)}); "

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import pipelines.loader as loader_module
 from pipelines.errors import LoaderError
 from pipelines.images import load_resized, load_rgb
 from pipelines.loader import (
@@ -202,6 +203,32 @@ def test_normalize_uint8_dtype() -> None:
     out = normalize_uint8(x, torch.bfloat16)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), normalize_uint8(x), rtol=1e-2, atol=1e-2)
+
+
+def test_normalize_uint8_makes_its_constants_once_per_device() -> None:
+    """Made per batch, the mean/std tensors would cost a blocking host-to-device copy
+    per batch on CUDA: they are made once per device and reused."""
+    loader_module._normalize_affine.cache_clear()
+    x = torch.full((2, 3, 4, 4), 7, dtype=torch.uint8)
+    first = [normalize_uint8(x) for _ in range(3)]
+    info = loader_module._normalize_affine.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+    assert all(torch.equal(f, first[0]) for f in first)
+
+
+@pytest.mark.gpu
+def test_normalize_uint8_never_synchronises_on_cuda() -> None:
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, device="cuda")
+    want = normalize_uint8(x.cpu())
+    normalize_uint8(x)  # the first call on a device makes its constants
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        got = normalize_uint8(x, torch.float16)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    torch.testing.assert_close(got.float().cpu(), want, rtol=0, atol=5e-3)
 
 
 # -- the loader -----------------------------------------------------------------------------

@@ -105,6 +105,72 @@ def test_ratios_consistent(bench_run):
     assert rows["loader/original"]["ratio"] == 1.0
 
 
+def test_the_loader_ratio_is_printed_and_in_the_json(bench_run):
+    data, stdout = bench_run
+    if not dali_available():
+        pytest.skip("DALI not installed: no train/dali-cpu row")
+    rows = {r["name"]: r for r in data["results"]}
+    ratio = data["loader_ratio"]
+    assert ratio["rows"] == "train/dali-cpu ÷ train/synthetic"
+    want = rows["train/dali-cpu"]["patches_per_s"] / rows["train/synthetic"]["patches_per_s"]
+    assert ratio["ratio"] == pytest.approx(want, rel=1e-3)
+    assert ratio["warn"] is (want < 0.9)
+    assert ratio["line"] in stdout.splitlines()
+
+
+def _row(name: str, pps: float | None, **extra) -> dict:
+    return {"name": name, "patches_per_s": pps, **extra}
+
+
+@pytest.mark.parametrize(
+    ("fed", "warn"), [(95.0, False), (90.0, False), (89.96, True), (30.0, True)]
+)
+def test_loader_ratio_warns_under_0_9(fed, warn):
+    results = [
+        _row("train/synthetic", 100.0),
+        _row("train/dali-gpu", fed),
+        _row("train/dali-cpu", 1.0),
+    ]
+    got = throughput.loader_ratio(results)
+    assert got["rows"] == "train/dali-gpu ÷ train/synthetic"  # the GPU row when there is one
+    assert got["ratio"] == pytest.approx(fed / 100.0) and got["warn"] is warn
+    assert got["line"].startswith("WARN ") is warn
+    assert f"{fed / 100:.3f} (goal >= 0.95)" in got["line"]
+
+
+def test_loader_ratio_says_why_it_is_missing():
+    results = [_row("train/synthetic", 100.0), _row("train/dali-gpu", None, error="Boom: x")]
+    got = throughput.loader_ratio(results)
+    assert got["ratio"] is None and not got["warn"]
+    assert got["line"] == "train/dali-gpu ÷ train/synthetic: not measured (train/dali-gpu Boom: x)"
+    only_loader_rows = throughput.loader_ratio([_row("loader/dali-cpu", 5.0)])
+    assert (
+        "train/dali-cpu not in this run; train/synthetic not in this run"
+        in (only_loader_rows["line"])
+    )
+
+
+def test_a_failing_close_is_logged_in_one_line(tmp_path, monkeypatch, caplog):
+    real_endless = measure.endless
+
+    def endless(setup, loader, device):
+        try:
+            yield from real_endless(setup, loader, device)
+        finally:
+            raise RuntimeError("the stream would not close\nsecond line")
+
+    monkeypatch.setattr(measure, "endless", endless)
+    args = [*TINY, "--data_dir", str(tmp_path / "data"), "--only", "loader/pillow"]
+    with caplog.at_level("WARNING", logger="measure"):
+        assert throughput.main(args) == 0  # the row's numbers stand
+    (record,) = [r for r in caplog.records if r.name == "measure"]
+    assert record.getMessage() == (
+        "bench: loader/pillow: closing its batch stream failed "
+        "(RuntimeError: the stream would not close); ignored"
+    )
+    assert record.exc_info is None
+
+
 def test_koniq_estimate_for_train_rows(bench_run):
     data, _ = bench_run
     for row in data["results"]:

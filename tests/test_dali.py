@@ -1,12 +1,15 @@
 """The DALI loader against the Pillow loader, and its batching contract.
 
-Everything except the ``gpu`` tests runs on DALI's CPU backend. Images are tiny
-and the resize/patch sizes small (96x128, 64) so the file stays fast.
+Everything except the ``gpu`` tests runs on DALI's CPU backend. Most images are
+tiny and the resize/patch sizes small (96x128, 64) so the file stays fast; a few
+tests run training's 384x512 / 25 x 224 and an odd 331x479, whose crop offsets
+are not powers of two.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 import time
@@ -21,6 +24,8 @@ pytest.importorskip("nvidia.dali")
 
 import pipelines.dali as dali_module
 import pipelines.loader as loader_module
+from hyperiqa.demo_data import write_koniq_like_jpegs
+from hyperiqa.run_folder import run_logger
 from pipelines.dali import DaliLoader, _FileReads
 from pipelines.errors import LoaderError
 from pipelines.factory import make_loader
@@ -33,6 +38,8 @@ from pipelines.loader import (
     shuffle_into_batches,
 )
 from pipelines.patches import PatchPlan, eval_plan, train_plan
+from scripts.gpu_smoke import MAX_LIMIT as SMOKE_MAX_LIMIT
+from scripts.gpu_smoke import PATCH_MEAN_LIMIT as SMOKE_PATCH_MEAN_LIMIT
 
 RESIZE = (96, 128)  # (H, W)
 PATCH = 64
@@ -157,6 +164,132 @@ def test_cpu_patches_match_pillow(kind, images, cpu_loader, pillow_loader):
     # The image already at the target size goes through no resampling in either loader.
     exact = images.index(next(p for p in images if p.name == "exact.jpg"))
     assert diff[dali_idx == exact].max() < 1e-3
+
+
+# -- training's geometry and an odd one ----------------------------------------------------
+#
+# DALI places a crop at round(pos * (size - S)) from the normalised position the
+# loader feeds it (top / (size - S)); with H - S and W - S powers of two (96x128,
+# 64 above) that division is exact and the rounding never matters. Training's
+# 384x512 / 224 (160 and 288) and an odd 331x479 (107 and 255) exercise it.
+
+GEOMETRIES = {"384x512": (384, 512), "331x479": (331, 479)}
+BIG_PATCH = 224
+BIG_P = 25
+# Measured DALI-CPU vs Pillow at both geometries (DALI 2.4, Pillow 13): mean
+# 0.16-0.18 grey levels, worst patch 0.20, max 1-3. A crop one pixel off moves a
+# patch's mean by 3.9 or more on these images.
+CPU_PATCH_MEAN_TOL = 0.6
+
+
+def _geometry_settings(resize: tuple[int, int], device: torch.device = CPU, **kw) -> LoaderSettings:
+    return _settings(device, resize=resize, batch_size=40, **kw)
+
+
+def _geometry_plan(n: int, resize: tuple[int, int], window: int = 2) -> PatchPlan:
+    return train_plan(
+        n, seed=7, epoch=0, patches_per_image=BIG_P, patch_size=BIG_PATCH, resize=resize,
+        window=window,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def big_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """KonIQ-sized and smaller photographs-like JPEGs, one grayscale, one upscaled."""
+    root = tmp_path_factory.mktemp("dali_big")
+    paths = write_koniq_like_jpegs(root, 2, seed=11, height=768, width=1024)
+    rng = np.random.default_rng(99)
+    gray, small = root / "gray.jpg", root / "small.jpg"
+    Image.fromarray(_texture(rng, 500, 420)[..., 0]).save(gray, quality=90)
+    Image.fromarray(_texture(rng, 250, 300)).save(small, quality=90)
+    return [*paths, gray, small]
+
+
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+def test_cpu_patches_match_pillow_at_training_and_odd_geometry(geometry, big_images):
+    resize = GEOMETRIES[geometry]
+    plan = _geometry_plan(len(big_images), resize)
+    assert plan.flips.any() and not plan.flips.all()
+    dali = DaliLoader(big_images, _geometry_settings(resize))
+    pillow = make_loader("pillow", big_images, _geometry_settings(resize))
+    try:
+        dali_x, dali_idx = _stream(_run(dali, plan))
+        ref_x, ref_idx = _stream(_run(pillow, plan))
+    finally:
+        dali.close()
+        pillow.close()
+    assert torch.equal(dali_idx, ref_idx)
+    diff = (dali_x - ref_x).abs()
+    per_patch = diff.flatten(1).mean(1)
+    assert diff.mean() < CPU_MEAN_TOL, f"mean abs diff {diff.mean():.3f} grey levels"
+    assert diff.max() < CPU_MAX_TOL, f"max abs diff {diff.max():.3f} grey levels"
+    assert per_patch.max() < CPU_PATCH_MEAN_TOL, f"worst patch {per_patch.max():.3f}"
+
+
+def _coordinate_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A lossless picture whose every pixel spells its own (x, y): R = x % 256,
+    G = y % 256, B = 100 * (x // 256) + 50 * (y // 256)."""
+    y, x = np.mgrid[0 : size[0], 0 : size[1]]
+    rgb = np.stack([x % 256, y % 256, 100 * (x // 256) + 50 * (y // 256)], axis=-1)
+    rgb = rgb.astype(np.uint8)
+    Image.fromarray(rgb).save(path)
+    return rgb
+
+
+def _planned_corners(plan: PatchPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Per delivered patch (window shuffles applied): the planned (x, y) of its
+    top-left output pixel, which is the crop's right edge when mirrored."""
+    s = plan.patch_size
+    xs, ys = [], []
+    for rows, perm in plan.windows():
+        lefts, tops, flips = (
+            a[rows].reshape(-1)[perm] for a in (plan.lefts, plan.tops, plan.flips)
+        )
+        xs.append(np.where(flips, lefts + s - 1, lefts))
+        ys.append(tops)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _check_exact_crops(loader, plan: PatchPlan, rgb: np.ndarray) -> None:
+    x, idx = _stream(_run(loader, plan))
+    values = x.round()
+    assert (x - values).abs().max() < 0.05  # no resampling: whole grey levels
+    r, g, b = (values[:, c, 0, 0].long().numpy() for c in range(3))
+    want_x, want_y = _planned_corners(plan)
+    np.testing.assert_array_equal(r + 256 * (b // 100), want_x)
+    np.testing.assert_array_equal(g + 256 * (b % 100 // 50), want_y)
+    # And every pixel of every patch is the planned crop (mirrored where planned).
+    assert torch.equal(values, torch.from_numpy(_expected_crops(plan, rgb)))
+    assert idx.shape[0] == plan.num_patches
+
+
+def _expected_crops(plan: PatchPlan, rgb: np.ndarray) -> np.ndarray:
+    """The planned patches of ``rgb`` in delivery order, as float grey levels [N, 3, S, S]."""
+    s = plan.patch_size
+    out = []
+    for rows, perm in plan.windows():
+        patches = []
+        for r in range(rows.start, rows.stop):
+            for top, left, flip in zip(plan.tops[r], plan.lefts[r], plan.flips[r], strict=True):
+                crop = rgb[top : top + s, left : left + s]
+                patches.append((crop[:, ::-1] if flip else crop).transpose(2, 0, 1))
+        out.append(np.stack(patches)[perm])
+    return np.concatenate(out).astype(np.float32)
+
+
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+@pytest.mark.parametrize("kind", ["dali", "pillow"])
+def test_crop_positions_are_exact_at_non_power_of_two_sizes(kind, geometry, tmp_path):
+    """Every patch starts exactly at its planned pixel: on an image already at the
+    target size nothing is resampled, so any rounding of the crop position shows."""
+    resize = GEOMETRIES[geometry]
+    rgb = _coordinate_image(tmp_path / "coords.png", resize)
+    plan = _geometry_plan(3, resize)  # the same file three times: windows of 2 and 1
+    loader = make_loader(kind, [tmp_path / "coords.png"] * 3, _geometry_settings(resize))
+    try:
+        _check_exact_crops(loader, plan, rgb)
+    finally:
+        loader.close()
 
 
 # -- the batching contract -----------------------------------------------------------------
@@ -406,6 +539,48 @@ def test_corrupt_file_raises_user_error_naming_it(damage, images, tmp_path):
         loader.close()
 
 
+def _abandon_before_a_bad_window(images: list[Path], tmp_path: Path) -> DaliLoader:
+    """Take one window, then stop while a corrupt window is already decoding ahead."""
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(images[0].read_bytes()[:1500])
+    paths = [*images[:2], bad, *images[2:4]]
+    loader = DaliLoader(paths, _settings(batch_size=P))  # one batch per one-image window
+    it = loader.batches(_eval(len(paths), window=1))
+    next(it)  # window 0; windows 1 and 2 (the bad one) are queued
+    it.close()  # the drain meets the bad window: swallowed, the pipeline marked broken
+    return loader
+
+
+def test_a_failure_while_ending_an_epoch_is_logged_in_one_line(images, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipelines.dali"):
+        loader = _abandon_before_a_bad_window(images, tmp_path)
+    try:
+        (record,) = [r for r in caplog.records if r.name == "pipelines.dali"]
+        message = record.getMessage()
+        assert message.startswith("DALI loader: ending an epoch early failed (RuntimeError: ")
+        assert "decoders.image" in message  # what failed, not DALI's boilerplate
+        assert "Critical error" not in message and "File " not in message
+        assert "\n" not in message and record.exc_info is None  # one line, no traceback
+        (pipe,) = loader._pipelines.values()
+        assert pipe.broken
+        # The next epoch gets a fresh pipeline and works (the bad file is not in its plan).
+        assert sum(b.images.shape[0] for b in _run(loader, _eval(2))) == 2 * P
+    finally:
+        loader.close()
+
+
+def test_the_swallowed_failure_reaches_the_run_log(images, tmp_path):
+    log_path = tmp_path / "train.log"
+    shown: list[str] = []
+    with run_logger(log_path, echo=shown.append):
+        _abandon_before_a_bad_window(images, tmp_path).close()
+    (line,) = [x for x in log_path.read_text().splitlines() if "DALI loader" in x]
+    assert "ending an epoch early failed" in line
+    assert any("ending an epoch early failed" in x for x in shown)  # and on the console
+    # Outside a run the loader's logger has no handlers of ours left.
+    assert logging.getLogger("pipelines").handlers == []
+
+
 def test_missing_file_raises_user_error(images, tmp_path):
     paths = [*images[:2], tmp_path / "gone.jpg"]
     loader = DaliLoader(paths, _settings())
@@ -472,6 +647,47 @@ def test_gpu_patches_match_cpu(kind, images, cpu_loader):
     for i, path in enumerate(images):
         assert diff[gpu_idx == i].mean() < 2 * GPU_MEAN_TOL, path.name
     assert torch.equal(gpu_x, again_x)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_gpu_low_precision_patches_match_cpu_at_training_geometry(dtype, big_images):
+    """What training receives under autocast (fp16; bf16 cast on the torch side) at
+    384x512 / 25 x 224, patch by patch against the CPU backend in fp32, within the
+    smoke step's limits (scripts/gpu_smoke.py)."""
+    resize = GEOMETRIES["384x512"]
+    plan = _geometry_plan(len(big_images), resize)
+    gpu = DaliLoader(big_images, _geometry_settings(resize, torch.device("cuda"), dtype=dtype))
+    cpu = DaliLoader(big_images, _geometry_settings(resize))
+    try:
+        batches = _run(gpu, plan)
+        assert all(b.images.dtype == dtype and b.images.is_cuda for b in batches)
+        gpu_x, gpu_idx = _stream(batches)
+        cpu_x, cpu_idx = _stream(_run(cpu, plan))
+    finally:
+        gpu.close()
+        cpu.close()
+    assert torch.equal(gpu_idx, cpu_idx)
+    diff = (gpu_x - cpu_x).abs()
+    per_patch = diff.flatten(1).mean(1)
+    assert per_patch.max() < SMOKE_PATCH_MEAN_LIMIT, f"worst patch {per_patch.max():.3f}"
+    assert diff.max() < SMOKE_MAX_LIMIT, f"max {diff.max():.2f} grey levels"
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+def test_gpu_crop_positions_are_exact_at_non_power_of_two_sizes(geometry, tmp_path):
+    resize = GEOMETRIES[geometry]
+    rgb = _coordinate_image(tmp_path / "coords.png", resize)
+    plan = _geometry_plan(3, resize)
+    settings = _geometry_settings(resize, torch.device("cuda"))
+    loader = DaliLoader([tmp_path / "coords.png"] * 3, settings)
+    try:
+        _check_exact_crops(loader, plan, rgb)
+    finally:
+        loader.close()
 
 
 # -- GPU: the handover waits on streams, never on the host ---------------------------------

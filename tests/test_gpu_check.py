@@ -1,11 +1,13 @@
-"""scripts/gpu_check.sh without a GPU: its time budget, its fail-fast preflight, the
-strict switch that turns skipped gpu tests into failures, and a whole run in its
-CPU stand-in mode. Also the GPU defaults the check exercises (cuDNN's autotuner
-and the benchmark rows that measure it).
+"""scripts/gpu_check.sh without a GPU: its time budget, its one-pass preflight
+(scripts/gpu_check.py), the smoke step's limits (scripts/gpu_smoke.py), the strict
+switch that turns skipped gpu tests into failures, and a whole run in its CPU
+stand-in mode. Also the GPU defaults the check exercises (cuDNN's autotuner and
+the benchmark rows that measure it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -14,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +25,8 @@ from hyperiqa import runtime
 from hyperiqa.config import parse_args
 from hyperiqa.runtime import Runtime, resolve_runtime
 from hyperiqa.spec import RESUME_MAY_CHANGE
+from pipelines.factory import dali_available
+from scripts import gpu_check
 from tests.conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
@@ -96,6 +101,151 @@ def test_missing_dali_fails_at_once_naming_both_packages(tmp_path: Path) -> None
     assert "nvidia-dali-cuda120" in lines[0] and "nvidia-dali-cuda130" in lines[0]
 
 
+def test_preflight_names_everything_missing_in_one_line(tmp_path: Path) -> None:
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\nfor m in ('nvidia.dali', 'scipy', 'tqdm'):\n    sys.modules[m] = None\n"
+    )
+    proc = run_check(tmp_path / "out", PYTHONPATH=str(hide), GPU_CHECK_STANDIN="1")
+    assert proc.returncode == 1
+    (line,) = proc.stdout.splitlines()
+    assert line.startswith(
+        "FAIL preflight: cannot import nvidia.dali (not installed), scipy (not installed), "
+        "tqdm (not installed) ("
+    ), line
+    assert "nvidia-dali-cuda130" in line and "pip install -r requirements.txt" in line
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_the_modules_checked_are_those_the_steps_import(tmp_path: Path) -> None:
+    steps = [*gpu_check.STEP_ENTRY_POINTS, *gpu_check.gpu_test_files()]
+    needed = set(gpu_check.required_modules(steps))
+    assert {"torch", "numpy", "PIL", "scipy", "tqdm", "pytest", "nvidia.dali"} <= needed
+    # Optional or used by no step: not required (test_tensorboard skips without it;
+    # plot_metrics is imported only by a test module the tests step does not select).
+    assert not {n for n in needed if n.split(".")[0] in {"tensorboard", "matplotlib", "openpyxl"}}
+    assert not {n for n in needed if n.split(".")[0] in {"hyperiqa", "pipelines", "json", "os"}}
+    # Only what the module body imports: not inside try, if or a function.
+    (tmp_path / "entry.py").write_text(
+        "import alpha.beta\nfrom gamma import delta\nimport os\n"
+        "try:\n    import optional_one\nexcept ImportError:\n    pass\n"
+        "if False:\n    import typing_only\n"
+        "def f():\n    import lazy_one\n"
+    )
+    monkey_root = gpu_check.ROOT
+    try:
+        gpu_check.ROOT = tmp_path
+        assert gpu_check.required_modules(["entry.py"]) == ["alpha.beta", "gamma"]
+    finally:
+        gpu_check.ROOT = monkey_root
+
+
+def test_import_problems_name_the_shortest_failing_module_once() -> None:
+    got = gpu_check.import_problems(
+        ["json", "nvidia.no_such_pkg.sub", "nvidia.no_such_pkg", "no_such_top.a", "no_such_top.b"]
+    )
+    assert got == ["no_such_top (not installed)", "nvidia.no_such_pkg (not installed)"]
+
+
+def test_the_gpu_test_files_are_found_by_reading_them(tmp_path: Path) -> None:
+    files = {p.name for p in gpu_check.gpu_test_files()}
+    assert {"test_dali.py", "test_dali_end_to_end.py", "test_batching.py"} <= files
+    assert "test_tensorboard.py" not in files and "test_run_tools.py" not in files
+    for source, marked in [
+        ("import pytest\n@pytest.mark.gpu\ndef test_a(): pass\n", True),
+        ("import pytest\npytestmark = [pytest.mark.gpu]\n", True),
+        ("from pytest import mark\n@mark.gpu\ndef test_a(): pass\n", True),
+        (
+            "import pytest\n# pytest.mark.gpu in a comment\n@pytest.mark.slow\ndef test_a(): pass\n",
+            False,
+        ),
+        ("def broken(:\n", True),  # cannot tell: counts as holding gpu tests
+    ]:
+        path = tmp_path / "test_x.py"
+        path.write_text(source)
+        assert gpu_check.has_gpu_marks(path) is marked, source
+
+
+MAPS = """7f0000000000-7f0000100000 r-xp 00000000 08:01 1 /usr/lib/libc.so.6
+7f0000200000-7f0000300000 r-xp 00000000 08:01 2 /venv/nvidia/nvjpeg/lib/libnvjpeg.so.12
+7f0000300000-7f0000400000 r--p 00100000 08:01 2 /venv/nvidia/nvjpeg/lib/libnvjpeg.so.12
+"""
+
+
+def test_nvjpeg_of_dali_s_cuda_major_must_be_loaded() -> None:
+    assert gpu_check.loaded_nvjpeg(MAPS) == {12: "/venv/nvidia/nvjpeg/lib/libnvjpeg.so.12"}
+    assert gpu_check.nvjpeg_problem(MAPS, 12) is None
+    wrong = gpu_check.nvjpeg_problem(MAPS, 13)  # the cuda130 build with the CUDA 12 library
+    assert "libnvjpeg.so.13" in wrong and "loaded: libnvjpeg.so.12" in wrong
+    assert "nvidia-nvjpeg " in wrong and "\n" not in wrong
+    none = gpu_check.nvjpeg_problem("7f00-7f01 r-xp 0 0:0 1 /usr/lib/libc.so.6\n", 12)
+    assert "loaded: none" in none and "nvidia-nvjpeg-cu12" in none
+
+
+@pytest.mark.skipif(not dali_available(), reason="DALI not installed")
+def test_dali_loads_its_libnvjpeg_on_this_machine() -> None:
+    import nvidia.dali as dali
+
+    major = int(dali.__cuda_version__) // 1000
+    problem, line = gpu_check.check_nvjpeg(major)
+    assert problem is None, problem
+    assert f"libnvjpeg.so.{major} (loaded by DALI's image decoder)" in line
+
+
+# -- the smoke step's limits -----------------------------------------------------------------
+
+
+def _smoke_with(monkeypatch, tmp_path: Path, spoil) -> tuple[int, str]:
+    """Run the stand-in smoke step with its device-under-test run spoiled by ``spoil``."""
+    from scripts import gpu_smoke
+
+    real = gpu_smoke.deliver
+    calls = []
+
+    def deliver(paths, plan, device, dtype, batch):
+        calls.append(dtype)
+        if len(calls) == 2:  # the first call is the float32 reference
+            return spoil(real, paths, plan, device, dtype, batch)
+        return real(paths, plan, device, dtype, batch)
+
+    monkeypatch.setattr(gpu_smoke, "deliver", deliver)
+    rc = gpu_smoke.main(["--work", str(tmp_path), "--standin"])
+    assert calls == [torch.float32, torch.float16]  # the dtype training feeds under autocast
+    return rc, (tmp_path / "smoke.note").read_text().strip()
+
+
+@pytest.mark.skipif(not dali_available(), reason="DALI not installed")
+def test_smoke_passes_unspoiled_and_fails_on_a_crop_one_pixel_off(monkeypatch, tmp_path) -> None:
+    rc, note = _smoke_with(monkeypatch, tmp_path / "fine", lambda real, *a: real(*a))
+    assert rc == 0 and note.endswith("image order identical"), note
+
+    def shifted(real, paths, plan, device, dtype, batch):
+        room = 512 - 224
+        lefts = np.where(plan.lefts < room, plan.lefts + 1, plan.lefts - 1)
+        return real(paths, dataclasses.replace(plan, lefts=lefts), device, dtype, batch)
+
+    rc, note = _smoke_with(monkeypatch, tmp_path / "shifted", shifted)
+    assert rc == 1
+    assert "a patch's mean |diff| over 2.0" in note, note
+
+
+@pytest.mark.skipif(not dali_available(), reason="DALI not installed")
+def test_smoke_max_limit_catches_what_the_mean_dilutes(monkeypatch, tmp_path) -> None:
+    """A 16x16 block 100 grey levels off in one patch moves that patch's mean by 0.5
+    only: the max limit is what fails it."""
+
+    def spoiled(real, *args):
+        batches, took = real(*args)
+        batches[1].images[3, :, 100:116, 50:66] += 100 / (255 * 0.229)
+        return batches, took
+
+    rc, note = _smoke_with(monkeypatch, tmp_path, spoiled)
+    assert rc == 1
+    assert note.endswith("; max |diff| over 16.0"), note
+    assert "mean |diff| over" not in note
+
+
 # -- the strict switch: a skipped gpu test fails ---------------------------------------------
 
 PROBE = """
@@ -123,11 +273,35 @@ def test_never_collected():
 """
 
 
-def _run_probe(tmp_path: Path, strict: bool) -> subprocess.CompletedProcess:
+# A module without gpu tests that skips while collecting (as tests/test_tensorboard.py
+# does without tensorboard): no business of a GPU check.
+PROBE_PLAIN_MODULE_SKIP = """
+import pytest
+pytest.importorskip("no_such_module_for_the_probe")
+
+def test_never_collected():
+    pass
+"""
+
+PROBE_PASSES = """
+def test_passes():
+    pass
+"""
+
+ALL_PROBES = {
+    "test_probe.py": PROBE,
+    "test_probe_module_skip.py": PROBE_MODULE_SKIP,
+    "test_probe_plain_module_skip.py": PROBE_PLAIN_MODULE_SKIP,
+}
+
+
+def _run_probe(
+    tmp_path: Path, strict: bool, probes: dict[str, str] = ALL_PROBES
+) -> subprocess.CompletedProcess:
     probe = tmp_path / "probe"
     probe.mkdir(exist_ok=True)
-    (probe / "test_probe.py").write_text(textwrap.dedent(PROBE))
-    (probe / "test_probe_module_skip.py").write_text(textwrap.dedent(PROBE_MODULE_SKIP))
+    for name, source in probes.items():
+        (probe / name).write_text(textwrap.dedent(source))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HYPERIQA_GPU_STRICT", None)
     if strict:
@@ -149,8 +323,10 @@ def test_skipped_gpu_tests_fail_under_the_switch(tmp_path: Path) -> None:
     assert proc.returncode == 1, out + proc.stderr
     assert re.search(r"(FAILED|ERROR) test_probe.py::test_gpu_skips_itself", out), out
     assert "gpu test skipped under HYPERIQA_GPU_STRICT=1" in out
-    # A module skipped while collecting might have held gpu tests: an error too.
+    # A module with gpu tests skipped while collecting: an error too; one without
+    # gpu tests may skip.
     assert "ERROR test_probe_module_skip.py" in out
+    assert "ERROR test_probe_plain_module_skip.py" not in out
     # A plain (not gpu-marked) test may still skip: it is not reported.
     assert "test_plain_skip" not in out
     # The counting line the check copies into its summary.
@@ -158,6 +334,19 @@ def test_skipped_gpu_tests_fail_under_the_switch(tmp_path: Path) -> None:
     ran_gpu = 0 if not torch.cuda.is_available() else 1  # test_gpu_runs needs CUDA to run
     assert line.startswith(f"strict gpu run: {ran_gpu} tests ran, {ran_gpu} of them gpu-marked")
     assert f"{3 - ran_gpu} skipped" in line
+
+
+def test_a_module_without_gpu_tests_may_skip_under_the_switch(tmp_path: Path) -> None:
+    """What made the first GPU run fail (1 passed, 1 error): a module-level skip in a
+    module that holds no gpu test. Under the switch it is a plain skip."""
+    probes = {
+        "test_probe_plain_module_skip.py": PROBE_PLAIN_MODULE_SKIP,
+        "test_ok.py": PROBE_PASSES,
+    }
+    proc = _run_probe(tmp_path, strict=True, probes=probes)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "error" not in proc.stdout.splitlines()[-1].lower().replace("0 errors", "")
+    assert "strict gpu run: 1 tests ran, 0 of them gpu-marked; 1 passed" in proc.stdout
 
 
 # -- a whole run, CPU stand-in --------------------------------------------------------------
@@ -180,8 +369,18 @@ def test_standin_run_passes_every_step_into_at_most_8_files(tmp_path: Path) -> N
     verdicts = re.findall(r"^(PASS|FAIL|TIMEOUT)\s+(\w+)\s+\d+ s \(limit\s+\d+ s\)", summary, re.M)
     assert verdicts == [("PASS", step) for step in STEPS], summary
     assert re.search(r"^PASS\s+tests .*strict gpu run: 1 tests ran", summary, re.M), summary
-    assert re.search(r"^PASS\s+smoke .*mean \|diff\| 0\.000 grey levels", summary, re.M)
-    assert re.search(r"^RESULT: PASS", summary, re.M)
+    smoke = re.search(r"^PASS\s+smoke .*$", summary, re.M).group(0)
+    assert (
+        "(float16) vs CPU backend (float32), 3 windows x 2 images, 384x512, 25 patches of " in smoke
+    )
+    assert re.search(
+        r"worst \d\.\d{3} \(limit 2\.0\); max \|diff\| \d\.\d\d \(limit 16\.0\)", smoke
+    )
+    assert "libnvjpeg.so." in summary  # the preflight saw DALI load it
+    result = re.search(r"^RESULT: PASS .*$", summary, re.M).group(0)
+    assert re.search(
+        r"; (WARN )?train/dali-cpu ÷ train/synthetic: \d\.\d{3} \(goal >= 0\.95\)", result
+    )
     assert proc.stdout.strip().splitlines()[-1].startswith("RESULT: PASS")
 
 

@@ -3,6 +3,7 @@ batched target net correctness, and weight loading / error messages (CPU only)."
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from torchvision.models import ResNet50_Weights
 from hyperiqa.model import (
     HyperNet,
     ModelLoadError,
+    TargetNetParams,
     build_model,
     param_groups,
     target_net,
@@ -156,6 +158,62 @@ def test_train_mode_backward_reaches_all_parameters() -> None:
     net(torch.randn(2, 3, 224, 224)).sum().backward()
     no_grad = [n for n, p in net.named_parameters() if p.grad is None]
     assert no_grad == []
+
+
+# --- precision under autocast ----------------------------------------------------
+
+
+def _as_fp32(p: TargetNetParams) -> TargetNetParams:
+    return TargetNetParams(
+        p.in_vec.float(), tuple(w.float() for w in p.weights), tuple(b.float() for b in p.biases)
+    )
+
+
+def test_bf16_autocast_keeps_scores_in_fp32(x3: torch.Tensor) -> None:
+    """Under bf16 autocast the backbone and hyper network run in bf16, but the target
+    net and so every score stay fp32: bf16 alone would round a score near 70 to a
+    multiple of 0.5."""
+    torch.manual_seed(0)
+    model = HyperNet().eval()
+    with torch.no_grad():
+        model.fc5b_fc.bias += 70.0  # scores near 70, where bf16's step is 0.5
+        fp32_scores = model(x3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            params = model.target_params(x3)
+            scores = model(x3)
+            direct = target_net(params)
+        fp32_net = target_net(_as_fp32(params))  # the same numbers, no autocast
+    assert params.weights[0].dtype == torch.bfloat16  # the hyper network did run in bf16
+    assert scores.dtype == direct.dtype == torch.float32
+    assert ((fp32_scores > 60) & (fp32_scores < 80)).all(), fp32_scores
+    # Exactly what fp32 makes of the hyper network's bf16 outputs ...
+    assert (direct - fp32_net).abs().max() < 1e-3
+    # ... and not rounded to bf16's grid (0.5 apart near 70).
+    assert (direct * 2 != (direct * 2).round()).any()
+    # The whole model in bf16 differs from fp32 only by the backbone's rounding.
+    assert (scores - fp32_scores).abs().max() < 5.0
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_target_net_under_autocast_matches_fp32_on_extreme_params(scale: float) -> None:
+    """Hand-made bf16 parameters, ordinary and huge (sigmoids saturated): the target net
+    under bf16 autocast gives what it gives in fp32, finite and float32."""
+    g = torch.Generator().manual_seed(4)
+    sizes = (224, 112, 56, 28, 14, 1)
+    weights = tuple(
+        (torch.randn(5, o, i, generator=g) * scale / i**0.5).bfloat16()
+        for i, o in itertools.pairwise(sizes)
+    )
+    biases = [torch.randn(5, o, generator=g).bfloat16() for o in sizes[1:]]
+    biases[-1] = biases[-1] + 70.0
+    params = TargetNetParams(
+        (torch.randn(5, 224, generator=g) * scale).bfloat16(), weights, tuple(biases)
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = target_net(params)
+    want = target_net(_as_fp32(params))
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert (got - want).abs().max() < 1e-3
 
 
 # --- parameter groups ----------------------------------------------------------
