@@ -6,6 +6,11 @@
 
 from __future__ import annotations
 
+from hyperiqa.stopping import quiet_start  # the standard library only: loads at once
+
+if __name__ == "__main__":  # a command, not an import: Ctrl-C while torch loads is one line
+    quiet_start("evaluate.py")
+
 import argparse
 import dataclasses
 import sys
@@ -26,7 +31,7 @@ from hyperiqa.errors import USER_ERRORS, UserError, report
 from hyperiqa.history import format_correlation as fmt
 from hyperiqa.scorer import run_dataset_root, score_files
 from hyperiqa.scoring import correlations
-from hyperiqa.stopping import report_interrupt
+from hyperiqa.stopping import interrupts_raise, report_interrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +82,7 @@ def check_output(args: argparse.Namespace, samples: Sequence[Sample]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_scoring_args(build_parser(), argv)
+    interrupts_raise()
     try:
         root = args.dataset_root or run_dataset_root(args.checkpoint, args.test_json)
         samples = load_samples(args.test_json, root or DEFAULT_DATASET_ROOT, require_files=False)

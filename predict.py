@@ -10,6 +10,11 @@ many images share a forward pass.
 
 from __future__ import annotations
 
+from hyperiqa.stopping import quiet_start  # the standard library only: loads at once
+
+if __name__ == "__main__":  # a command, not an import: Ctrl-C while torch loads is one line
+    quiet_start("predict.py")
+
 import argparse
 import json
 import sys
@@ -21,7 +26,7 @@ from hyperiqa.arg_types import HelpFormatter
 from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.errors import USER_ERRORS, report
 from hyperiqa.scorer import score_files
-from hyperiqa.stopping import report_interrupt
+from hyperiqa.stopping import interrupts_raise, report_interrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +54,7 @@ def predict(args: argparse.Namespace) -> list[tuple[str, float]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_scoring_args(build_parser(), argv)
+    interrupts_raise()
     try:
         results = predict(args)
     except USER_ERRORS as e:

@@ -15,6 +15,11 @@ hyperiqa/run_folder.py, the data sets in hyperiqa/data.py.
 
 from __future__ import annotations
 
+from hyperiqa.stopping import quiet_start  # the standard library only: loads at once
+
+if __name__ == "__main__":  # a command, not an import: Ctrl-C while torch loads is one line
+    quiet_start("train.py", "interrupted during setup, before any epoch ran")
+
 import argparse
 import sys
 from collections.abc import Sequence

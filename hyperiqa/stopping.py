@@ -70,3 +70,23 @@ def report_interrupt(prog: str) -> int:
     one line and the shell's exit code, no traceback. It wrote nothing yet."""
     print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
     return EXIT_INTERRUPTED
+
+
+def quiet_start(prog: str, message: str = "interrupted; nothing was written") -> None:
+    """From now until the program installs its own handling (``StopSignals``, or
+    ``interrupts_raise``), Ctrl-C or SIGTERM ends the process with one line and
+    exit code 130. The entry points call it before they import torch: the seconds
+    that takes would otherwise end in a 20-line KeyboardInterrupt traceback."""
+
+    def leave(_signum: int, _frame: object) -> None:
+        os.write(2, f"{prog}: {message}\n".encode())
+        os._exit(EXIT_INTERRUPTED)  # nothing started yet that needs cleaning up
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, leave)
+
+
+def interrupts_raise() -> None:
+    """Back to Python's own handling: Ctrl-C raises KeyboardInterrupt, SIGTERM ends the process."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -55,6 +55,11 @@ summarise with --summary_only, which only reads the run folders.
 
 from __future__ import annotations
 
+from hyperiqa.stopping import quiet_start  # the standard library only: loads at once
+
+if __name__ == "__main__":  # a command, not an import: Ctrl-C while torch loads is one line
+    quiet_start("run_protocol", "interrupted before any split started")
+
 import argparse
 import contextlib
 import io
