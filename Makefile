@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-gpu lint format demo bench clean-venv
+.PHONY: venv test test-quick test-gpu lint format demo bench clean-venv
 
 venv: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The quick lane while working: everything but the end-to-end runs (marked slow).
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # A gpu-marked test that skips (no CUDA, no DALI) counts as a failure here.
 test-gpu: $(STAMP)

@@ -33,7 +33,6 @@ from hyperiqa.atomic import WriteError
 from hyperiqa.check_data import check_dataset
 from hyperiqa.config import parse_args, resolve
 from hyperiqa.data import Sample, describe_sets, load_sets
-from hyperiqa.demo_data import DEMO_JSON_NAME, write_demo_dataset
 from hyperiqa.distributed import barrier, run_on_main
 from hyperiqa.distributed import shutdown as shutdown_distributed
 from hyperiqa.errors import USER_ERRORS, UserError, report
@@ -142,6 +141,8 @@ def ensure_demo_dataset(spec: RunSpec) -> str | None:
     """--demo: write the synthetic dataset to --dataset_root when its JSON is missing."""
     if not spec.demo or Path(spec.train_json).is_file():
         return None
+    from hyperiqa.demo_data import DEMO_JSON_NAME, write_demo_dataset  # --demo's alone
+
     root = Path(spec.dataset_root)
     if Path(spec.train_json) != root / DEMO_JSON_NAME:
         raise UserError(

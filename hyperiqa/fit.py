@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from hyperiqa.data import Sample
 from hyperiqa.distributed import any_rank, barrier, gather_arrays
 from hyperiqa.errors import UserError
-from hyperiqa.history import EpochRecord, HeldOutResult, History, format_correlation
+from hyperiqa.history import Best, EpochRecord, HeldOutResult, History, format_correlation
 from hyperiqa.model import HyperNet, ModelLoadError, load_weights, param_groups
 from hyperiqa.progress import progress_bar
 from hyperiqa.run_folder import BEST, VAL_IMAGES, RunFolder, shell_path
@@ -91,15 +91,11 @@ def fit(
                 raise Interrupted
         # Still deferred: a stop from here on lets the run end.
         held_out = {name: s for name, s in sets.items() if name not in (TRAIN, VAL)}
-        if held_out and not history.held_out:
-            results = score_held_out(trainer, run, held_out, log, board)
-        else:
-            results = {}
-        run.finish(results)
+        run.finish(score_held_out(trainer, run, held_out, log, board) if held_out else {})
     return history
 
 
-def is_better(record: EpochRecord, best: object | None, has_val: bool) -> bool:
+def is_better(record: EpochRecord, best: Best | None, has_val: bool) -> bool:
     """Does this epoch replace best_model.pkl? Without validation every epoch
     does (the last one wins); with it, a higher val SRCC does. An undefined
     SRCC (constant predictions) never beats a defined one, but the first

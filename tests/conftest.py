@@ -146,11 +146,13 @@ def dataset_fixtures(num_images: int) -> tuple:
 
 
 def tiny_train_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
-    """Flags for a CPU training run that takes seconds: few patches, small images."""
+    """Flags for a CPU training run that takes seconds: few patches, small images,
+    the tiny backbone (the run, not the architecture, is under test)."""
     return [
         "--dataset_root", str(data),
         "--train_json", str(data / "demo.json"),
         "--checkpoint_dir", str(run_dir),
+        "--backbone", "tiny",
         "--backbone_weights", "none",
         "--device", "cpu",
         "--resize", "240x256",

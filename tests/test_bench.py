@@ -61,6 +61,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     return json.loads(out.read_text()), proc.stdout
 
 
+@pytest.mark.slow
 def test_rows_present_and_measured(bench_run):
     data, stdout = bench_run
     rows = {r["name"]: r for r in data["results"]}
@@ -216,6 +217,7 @@ def test_a_failing_row_fails_the_bench_after_the_others_ran(tmp_path, monkeypatc
     )
 
 
+@pytest.mark.slow
 def test_bench_json_never_replaces_an_image_it_reads(tmp_path):
     data = tmp_path / "data"
     run_cli("bench/throughput.py", *TINY, "--data_dir", str(data), "--only", "loader/pillow")
@@ -279,6 +281,7 @@ def test_quick_defaults_on_cpu(tmp_path):
     assert Path(setup.paths[3]) == Path(setup.paths[1])
 
 
+@pytest.mark.slow
 def test_bad_bench_flags_are_one_line(tmp_path):
     base = [*TINY, "--data_dir", str(tmp_path / "data")]
     proc = run_cli("bench/throughput.py", *base, "--only", "nonsense/")
@@ -297,6 +300,7 @@ def test_bench_json_never_replaces_its_data_json(tmp_path):
     assert data.read_text() == "[]"
 
 
+@pytest.mark.slow
 def test_bench_reads_a_metadata_json_relative_to_dataset_root(tmp_path):
     """Paths in a prepared JSON are relative to --dataset_root, as for train.py."""
     root = tmp_path / "datasets"

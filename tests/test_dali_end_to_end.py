@@ -15,7 +15,10 @@ import train
 from pipelines.factory import dali_available
 from tests.conftest import FINISHED_WITH_VAL, make_dataset, read_json, tiny_train_args
 
-pytestmark = pytest.mark.skipif(not dali_available(), reason="DALI not installed")
+pytestmark = [
+    pytest.mark.skipif(not dali_available(), reason="DALI not installed"),
+    pytest.mark.slow,  # whole runs through DALI's CPU backend
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,7 @@ def test_evaluate_dali_and_pillow_agree(dataset: Path, tmp_path: Path) -> None:
     from hyperiqa.model import HyperNet
 
     checkpoint = tmp_path / "model.pkl"
-    torch.save(HyperNet().state_dict(), checkpoint)
+    torch.save(HyperNet(backbone="tiny").state_dict(), checkpoint)
     dali = evaluate_with("dali", checkpoint, dataset, tmp_path / "dali.json", "cpu")
     pillow = evaluate_with("pillow", checkpoint, dataset, tmp_path / "pillow.json", "cpu")
     a = np.array([p["prediction"] for p in dali["predictions"]])

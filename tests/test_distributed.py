@@ -42,6 +42,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     return data, run, trace
 
 
+@pytest.mark.slow  # a 2-process torchrun
 def test_one_run_folder_with_every_epoch(ddp_run: tuple[Path, Path, Path]) -> None:
     _, run, _ = ddp_run
     assert {p.name for p in run.iterdir()} == FINISHED_WITH_VAL
@@ -53,6 +54,7 @@ def test_one_run_folder_with_every_epoch(ddp_run: tuple[Path, Path, Path]) -> No
     assert log.count("epoch 1/2") == 1  # rank 0 alone writes the log
 
 
+@pytest.mark.slow  # a 2-process torchrun
 def test_ranks_see_disjoint_patches_covering_the_plan(ddp_run: tuple[Path, Path, Path]) -> None:
     data, run, trace = ddp_run
     samples = load_samples(data / "demo.json", data)
@@ -69,6 +71,7 @@ def test_ranks_see_disjoint_patches_covering_the_plan(ddp_run: tuple[Path, Path,
         assert metrics["epochs"][epoch - 1]["train_patches"] == len(train) * TRAIN_PATCHES
 
 
+@pytest.mark.slow  # a 2-process torchrun
 def test_val_metrics_equal_a_single_process_evaluation(
     ddp_run: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

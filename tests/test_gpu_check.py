@@ -77,6 +77,7 @@ def test_steps_fit_one_device_call() -> None:
 
 
 @needs_no_cuda
+@pytest.mark.slow
 def test_no_cuda_device_fails_at_once_with_one_line(tmp_path: Path) -> None:
     start = time.monotonic()
     proc = run_check(tmp_path / "out")
@@ -88,6 +89,7 @@ def test_no_cuda_device_fails_at_once_with_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "tests.txt").exists()
 
 
+@pytest.mark.slow
 def test_missing_dali_fails_at_once_naming_both_packages(tmp_path: Path) -> None:
     # A sitecustomize that hides nvidia.dali, as on a machine without it.
     hide = tmp_path / "hide_dali"
@@ -101,6 +103,7 @@ def test_missing_dali_fails_at_once_naming_both_packages(tmp_path: Path) -> None
     assert "nvidia-dali-cuda120" in lines[0] and "nvidia-dali-cuda130" in lines[0]
 
 
+@pytest.mark.slow
 def test_preflight_names_everything_missing_in_one_line(tmp_path: Path) -> None:
     hide = tmp_path / "hide"
     hide.mkdir()
@@ -384,6 +387,7 @@ def test_standin_run_passes_every_step_into_at_most_8_files(tmp_path: Path) -> N
     assert proc.stdout.strip().splitlines()[-1].startswith("RESULT: PASS")
 
 
+@pytest.mark.slow
 def test_a_failing_step_is_named_with_its_log_tail(tmp_path: Path) -> None:
     """The tests step selecting a test that does not exist: FAIL, its log's tail, RESULT FAIL.
     Steps left out by GPU_CHECK_ONLY are listed and keep the result from passing."""

@@ -262,7 +262,7 @@ def recorded_args(args, seed: int, device: str = "cpu") -> dict:
     """args.json as train.py writes it for split ``seed``: the flags the runner
     gives, with every ``auto`` resolved as on a CPU (or a CUDA machine with DALI)."""
     flags = [*run_protocol.split_flags(args, seed), *args.train_flags]
-    recorded = run_protocol.parse_train_args(flags).to_json()
+    recorded = run_protocol.flags_json(run_protocol.parse_train_args(flags))
     cuda = device == "cuda"
     recorded.update(device=device, loader="dali" if cuda else "pillow",
                     amp="bf16" if cuda else "off", channels_last=cuda, num_workers=0,
@@ -450,6 +450,7 @@ def koniq(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_two_splits_end_to_end_then_skip_and_resume(
     koniq: Path, capfd: pytest.CaptureFixture
 ) -> None:
@@ -500,6 +501,7 @@ def test_two_splits_end_to_end_then_skip_and_resume(
     assert f"{test_before['plcc']:.4f}" in seed1
 
 
+@pytest.mark.slow
 def test_a_failed_split_stops_or_is_skipped_with_keep_going(tmp_path: Path) -> None:
     (tmp_path / "koniq10k").mkdir()  # no CSV: prepare_koniq.py fails for every seed
     argv = runner_args(tmp_path, "--seeds", "0,1", "--", *tiny_flags())

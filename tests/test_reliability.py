@@ -64,6 +64,29 @@ def unfinished(good: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def test_best_model_deleted_during_the_run_is_one_line_and_keeps_the_rest(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = read_json(data / "demo.json")
+    (data / "demo.json").write_text(json.dumps(entries[:4]))
+    (data / "test.json").write_text(json.dumps(entries[4:]))
+    run = tmp_path / "run"
+    real_record = train.RunFolder.record
+
+    def record_then_delete(self, record, is_best, states) -> None:
+        real_record(self, record, is_best, states)
+        if record.epoch == 2:  # someone cleans up while the test set is about to be scored
+            (run / "best_model.pkl").unlink()
+
+    monkeypatch.setattr(train.RunFolder, "record", record_then_delete)
+    args = args_for(data, run, "--test_json", str(data / "test.json"), "--val_split", "0.5")
+    assert train.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "best_model.pkl not found" in err and "other files" in err and "intact" in err
+    assert [e["epoch"] for e in read_json(run / "metrics.json")["epochs"]] == [1, 2]
+
+
 def args_of(run: Path, data: Path, *extra: str) -> list[str]:
     """The flags of the unfinished run (3 epochs), on ``data``, in ``run``."""
     return args_for(data, run, *extra, epochs=3)
@@ -120,6 +143,7 @@ def test_a_planted_resume_state_runs_no_code(
 # -- 2. one process per run folder ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_is_refused_at_once(good: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     first = subprocess.Popen(
@@ -330,6 +354,7 @@ def _cli_error(*argv: str) -> str:
     return proc.stderr
 
 
+@pytest.mark.slow
 def test_hostile_flags_and_files_are_one_line_each(good: Path, tmp_path: Path) -> None:
     long = "x" * 300
     base = args_for(good, tmp_path / "run")
@@ -375,6 +400,7 @@ def test_a_directory_instead_of_an_image_or_a_json(data: Path, tmp_path: Path) -
     assert f"metadata JSON {data} is a directory" in _cli_error("train.py", *args)
 
 
+@pytest.mark.slow
 def test_wrong_files_given_as_checkpoints_say_what_they_are(
     good: Path, unfinished: Path, tmp_path: Path
 ) -> None:
@@ -428,6 +454,7 @@ def test_evaluate_checks_every_image_first(data: Path, unfinished: Path, capsys)
 # -- hostile inputs beyond the first list --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_saving_epoch_1_resumes_from_the_start(
     good: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -576,6 +603,13 @@ def test_evaluate_refuses_to_write_over_the_run_args_beside_the_checkpoint(
         ('{"resize": "abc"}', "resize 'abc'"),
         ('{"resize": "10x10"}', "smaller than the 224-pixel crops"),
         ('{"val_patch_num": -3}', "val_patch_num -3"),
+        # The values of a run's file pass the checks of the flags they stand for:
+        # 100000000 crops would ask for 13.7 TiB (the flag's cap is 250).
+        ('{"val_patch_num": 100000000}', "must be at most 250"),
+        ('{"val_patch_num": 25.0}', "val_patch_num 25.0"),
+        ('{"val_patch_num": true}', "val_patch_num True"),
+        ('{"resize": "384x999999"}', "sides must be at most 4096"),
+        ('{"resize": [384, 512]}', "resize [384, 512]"),
     ],
 )
 def test_odd_args_json_beside_a_checkpoint_is_noted_and_ignored(

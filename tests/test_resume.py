@@ -24,6 +24,7 @@ import torch
 
 import train
 from hyperiqa.fit import Trainer
+from hyperiqa.model import ModelLoadError
 from hyperiqa.stopping import Interrupted, StopSignals
 from tests.conftest import FINISHED_WITH_VAL, ROOT, make_dataset, read_json, tiny_train_args
 
@@ -140,6 +141,7 @@ def temp_files(run: Path) -> set[str]:
     return {p.name for p in run.glob(".*.tmp")}
 
 
+@pytest.mark.slow
 def test_sigkill_three_times_then_resume_reproduces_the_run(
     data: Path, reference: Path, tmp_path: Path
 ) -> None:
@@ -234,6 +236,7 @@ def assert_stopped_cleanly(proc: subprocess.Popen, run: Path, signal_name: str) 
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to see workers")
+@pytest.mark.slow
 def test_ctrl_c_and_sigterm_stop_cleanly_and_the_printed_command_resumes(
     data: Path, reference: Path, tmp_path: Path
 ) -> None:
@@ -285,6 +288,7 @@ def test_ctrl_c_during_setup_is_one_line(
     assert capsys.readouterr().err == "train.py: interrupted during setup, before any epoch ran\n"
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_the_folder_is_prepared_stops_with_a_resume_command(
     data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -423,6 +427,7 @@ def test_overwrite_leaves_the_old_run_alone_when_setup_fails(
         culprit = bad.name
     else:
         args = [*args, "--backbone_weights", str(tmp_path / "no_such_resnet.pth")]
+        set_flag(args, "--backbone", "resnet50")  # the one backbone with weights to load
         culprit = "no_such_resnet.pth"
     set_flag(args, "--dataset_root", str(copy))
     set_flag(args, "--train_json", str(copy / "demo.json"))
@@ -430,3 +435,73 @@ def test_overwrite_leaves_the_old_run_alone_when_setup_fails(
     assert train.main(args) == 1
     assert culprit in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+# What an entry point does on Ctrl-C while it still imports torch (seconds): the
+# signal is sent by an import hook the moment torch's import begins.
+INTERRUPT_WHILE_IMPORTING = """
+import builtins, os, runpy, signal, sys
+real_import = builtins.__import__
+def hooked(name, *args, **kwargs):
+    if name == "torch":
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = hooked
+sys.argv = [sys.argv[1], "--help"]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    ("program", "line"),
+    [
+        ("train.py", "train.py: interrupted during setup, before any epoch ran\n"),
+        ("evaluate.py", "evaluate.py: interrupted; nothing was written\n"),
+        ("predict.py", "predict.py: interrupted; nothing was written\n"),
+        ("scripts/run_protocol.py", "run_protocol: interrupted before any split started\n"),
+    ],
+)
+@pytest.mark.slow
+def test_ctrl_c_while_importing_is_one_line_and_exit_130(program: str, line: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_WHILE_IMPORTING, program],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (130, line)
+
+
+def test_a_resume_builds_no_backbone_weights_it_would_overwrite(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights come from the resume state: nothing is downloaded or read, and no
+    'ImageNet weights unavailable' line misleads the log of the resumed run."""
+    built: list[tuple] = []
+    real_build = train.build_model
+
+    def offline_build(weights: str, *args: object) -> object:
+        built.append((weights, *args))
+        if weights == "imagenet":  # as without internet, and without downloading here
+            raise ModelLoadError("could not download torchvision's ImageNet ResNet-50 weights")
+        return real_build(weights, *args)
+
+    monkeypatch.setattr(train, "build_model", offline_build)
+    run = tmp_path / "run"
+    args = three_epoch_args(data, run, "--backbone_weights", "auto", "--epochs", "2")
+    set_flag(args, "--backbone", "resnet50")
+    real_epoch = Trainer.run_epoch
+
+    def stop_after_epoch_1(self: Trainer, epoch: int) -> object:
+        record = real_epoch(self, epoch)
+        os.kill(os.getpid(), signal.SIGINT)  # noted; the run stops after this epoch
+        return record
+
+    monkeypatch.setattr(Trainer, "run_epoch", stop_after_epoch_1)
+    assert train.main(args) == 130
+    first_log = (run / "train.log").read_text()
+    assert "ImageNet weights unavailable" in first_log
+    monkeypatch.setattr(Trainer, "run_epoch", real_epoch)
+    assert train.main([*args, "--resume"]) == 0
+    assert [call[0] for call in built] == ["imagenet", "none", "none"]
+    assert built[-1][1] is None  # no --init_checkpoint read either
+    resumed = (run / "train.log").read_text()[len(first_log) :]
+    assert "resuming" in resumed and "ImageNet weights unavailable" not in resumed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
     path = folder / "model.pkl"
-    torch.save(HyperNet().state_dict(), path)
+    torch.save(HyperNet(backbone="tiny").state_dict(), path)  # the scoring, not the architecture
     return path
 
 
@@ -48,6 +49,17 @@ def test_paths_pil_images_and_tensors_of_one_picture_score_alike(
     assert np.allclose(scores[:5], scores[0], atol=1e-6)
     assert scores[5] != scores[0]
     assert np.array_equal(scorer.score(images[:2]), scorer.score(images[:2]))  # deterministic
+
+
+def test_an_open_binary_file_is_an_image_too(checkpoint: Path, images: list[Path]) -> None:
+    scorer = hyperiqa.Scorer(checkpoint, device="cpu", resize=(240, 256), patch_num=3)
+    with open(images[0], "rb") as f:
+        from_file = scorer.score(f)
+    from_bytes = scorer.score([io.BytesIO(images[0].read_bytes())])
+    assert np.array_equal(from_file, scorer.score(images[0]))
+    assert np.array_equal(from_bytes, from_file)
+    with pytest.raises(hyperiqa.UserError, match="image 0: cannot be read"):
+        scorer.score(io.BytesIO(b"not an image"))
 
 
 def test_the_api_gives_predict_py_s_scores(
@@ -111,6 +123,7 @@ def test_import_hyperiqa_stays_light() -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
+@pytest.mark.slow
 def test_pip_install_gives_an_importable_library(tmp_path: Path) -> None:
     """`pip install .` installs hyperiqa and pipelines, usable from any folder."""
     # From a copy: a build writes build/ and *.egg-info next to pyproject.toml.

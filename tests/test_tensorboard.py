@@ -23,6 +23,7 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+@pytest.mark.slow
 def test_a_run_logs_steps_epochs_and_the_test_score(tmp_path: Path) -> None:
     data = tmp_path / "data"
     make_dataset(data, 8)

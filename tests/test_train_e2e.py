@@ -12,8 +12,8 @@ import torch
 
 import evaluate
 import train
-from hyperiqa.model import HyperNet
-from tests.conftest import FINISHED_WITH_VAL, read_json, tiny_train_args
+from hyperiqa.model import HyperNet, load_hypernet
+from tests.conftest import FINISHED_WITH_VAL, ROOT, read_json, tiny_train_args
 
 EPOCH_FIELDS = {
     "epoch", "train_loss", "train_srcc", "val_srcc", "val_plcc",
@@ -66,9 +66,30 @@ def test_metrics_json_has_every_epoch_and_field(finished_run: Path) -> None:
 
 def test_best_model_loads_strictly_into_hypernet(finished_run: Path) -> None:
     state = torch.load(finished_run / "best_model.pkl", map_location="cpu", weights_only=True)
-    model = HyperNet()
+    model = HyperNet(backbone="tiny")
     model.load_state_dict(state, strict=True)
     assert all(t.device.type == "cpu" for t in state.values())
+    assert load_hypernet(finished_run / "best_model.pkl").backbone == "tiny"
+
+
+@pytest.mark.slow
+def test_a_resnet50_run_writes_the_original_release_layout(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """The paper's backbone end to end: its best_model.pkl has exactly the keys and
+    shapes of the original release (tests/data), so it loads into the original code."""
+    run = tmp_path / "run"
+    args = tiny_train_args(tiny_dataset, run, "--epochs", "1")
+    args[args.index("--backbone") + 1] = "resnet50"
+    assert train.main(args) == 0
+    state = torch.load(run / "best_model.pkl", map_location="cpu", weights_only=True)
+    reference = [
+        line.split("\t")
+        for line in (ROOT / "tests/data/hyperiqa_state_dict.tsv").read_text().splitlines()
+        if line and not line.startswith(("#", "key"))
+    ]
+    assert reference == [[k, str(tuple(v.shape))] for k, v in state.items()]
+    assert read_json(run / "args.json")["backbone"] == "resnet50"
 
 
 def test_train_log_lines_are_timestamped(finished_run: Path) -> None:
@@ -140,6 +161,26 @@ def test_default_run_folder_name(
     assert train.main(args) == 0
     expected = tmp_path / "checkpoints" / "lr1e-4_bs2_ep1_val0.34_seed42"
     assert (expected / "metrics.json").is_file()
+
+
+def test_evaluate_on_the_run_s_val_images_takes_its_image_root(
+    finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final report's evaluate line, without --dataset_root and from elsewhere:
+    the run's args.json says where val_images.json's names are relative to, and the
+    result reproduces the run's val metrics."""
+    monkeypatch.chdir(tmp_path)  # ../datasets/ does not hold the images from here
+    out = tmp_path / "val.json"
+    argv = ["--checkpoint", str(finished_run / "best_model.pkl"), "--device", "cpu",
+            "--test_json", str(finished_run / "val_images.json"), "--output", str(out)]  # fmt: skip
+    assert evaluate.main(argv) == 0
+    best = read_json(finished_run / "metrics.json")["best"]
+    assert read_json(out)["srcc"] == pytest.approx(best["val_srcc"], abs=1e-9)
+    # Another metadata file is not the run's: the default root stays, and is named.
+    other = tmp_path / "other.json"
+    other.write_text((finished_run / "val_images.json").read_text())
+    argv[argv.index("--test_json") + 1] = str(other)
+    assert evaluate.main(argv) == 1
 
 
 def test_evaluate_writes_deterministic_predictions(
