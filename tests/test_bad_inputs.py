@@ -83,6 +83,7 @@ def edit_json(data: Path, change: Callable[[list[dict]], object]) -> None:
 # -- as a real process ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_missing_image_file_cli(data: Path, tmp_path: Path) -> None:
     gone = images_of(data)[1]
     gone.unlink()
@@ -91,6 +92,7 @@ def test_missing_image_file_cli(data: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_truncated_jpeg_cli(data: Path, tmp_path: Path) -> None:
     bad = images_of(data)[2]
     truncate(bad)
@@ -98,12 +100,14 @@ def test_truncated_jpeg_cli(data: Path, tmp_path: Path) -> None:
     assert_clean_error(proc, "1 of 4 images are unusable", str(bad), "truncated")
 
 
+@pytest.mark.slow
 def test_bad_flag_value_cli(data: Path, tmp_path: Path) -> None:
     proc = run_cli("train.py", *tiny_args(data, tmp_path / "run", "--val_split", "1.5"))
     assert proc.returncode == 2
     assert_clean_error(proc, "argument --val_split", "1.5")
 
 
+@pytest.mark.slow
 def test_unwritable_checkpoint_dir_cli(data: Path, tmp_path: Path) -> None:
     # chmod does not stop root; a folder under a regular file stops everyone.
     blocker = tmp_path / "a_file"
@@ -112,6 +116,7 @@ def test_unwritable_checkpoint_dir_cli(data: Path, tmp_path: Path) -> None:
     assert_clean_error(proc, "cannot create run folder", str(blocker / "run"))
 
 
+@pytest.mark.slow
 def test_skip_check_skips_and_a_bad_file_still_fails_cleanly_in_a_worker(
     data: Path, tmp_path: Path
 ) -> None:
@@ -275,6 +280,7 @@ def write_odd_dataset(root: Path) -> dict[str, Path]:
     return files
 
 
+@pytest.mark.slow
 def test_odd_but_valid_images_pass_the_check_and_train(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -297,6 +303,7 @@ def test_odd_but_valid_images_pass_the_check_and_train(
 # -- the standalone checker -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_check_data_cli_reports_every_bad_file(data: Path, tmp_path: Path) -> None:
     paths = images_of(data)
     truncate(paths[0])
@@ -362,6 +369,7 @@ class FillingDisk:
 
 
 @pytest.mark.parametrize("failure", ["disk fills mid-write", "rename fails"])
+@pytest.mark.slow
 def test_full_disk_in_epoch_2_keeps_epoch_1_and_resumes(
     failure: str,
     data: Path,

@@ -292,6 +292,7 @@ def test_bad_bench_flags_are_one_line(tmp_path):
         assert proc.returncode == 2 and f"argument {flag}" in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_bench_json_never_replaces_its_data_json(tmp_path):
     data = tmp_path / "data.json"
     data.write_text("[]")
@@ -314,6 +315,7 @@ def test_bench_reads_a_metadata_json_relative_to_dataset_root(tmp_path):
     assert "loader/pillow" in proc.stdout
 
 
+@pytest.mark.slow
 def test_bench_refuses_an_unwritable_json_before_measuring(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

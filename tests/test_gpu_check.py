@@ -219,6 +219,7 @@ def _smoke_with(monkeypatch, tmp_path: Path, spoil) -> tuple[int, str]:
 
 
 @pytest.mark.skipif(not dali_available(), reason="DALI not installed")
+@pytest.mark.slow
 def test_smoke_passes_unspoiled_and_fails_on_a_crop_one_pixel_off(monkeypatch, tmp_path) -> None:
     rc, note = _smoke_with(monkeypatch, tmp_path / "fine", lambda real, *a: real(*a))
     assert rc == 0 and note.endswith("image order identical"), note
@@ -314,12 +315,14 @@ def _run_probe(
     return subprocess.run(cmd, cwd=probe, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_skipped_gpu_tests_pass_quietly_without_the_switch(tmp_path: Path) -> None:
     proc = _run_probe(tmp_path, strict=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "strict gpu run" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_skipped_gpu_tests_fail_under_the_switch(tmp_path: Path) -> None:
     proc = _run_probe(tmp_path, strict=True)
     out = proc.stdout
@@ -339,6 +342,7 @@ def test_skipped_gpu_tests_fail_under_the_switch(tmp_path: Path) -> None:
     assert f"{3 - ran_gpu} skipped" in line
 
 
+@pytest.mark.slow
 def test_a_module_without_gpu_tests_may_skip_under_the_switch(tmp_path: Path) -> None:
     """What made the first GPU run fail (1 passed, 1 error): a module-level skip in a
     module that holds no gpu test. Under the switch it is a plain skip."""

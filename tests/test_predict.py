@@ -80,6 +80,7 @@ def test_batching_does_not_change_scores(
     assert alone[0]["score"] == pytest.approx(together[0]["score"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_missing_and_corrupt_images_are_named(
     checkpoint: Path, images: list[Path], tmp_path: Path
 ) -> None:
@@ -90,6 +91,7 @@ def test_missing_and_corrupt_images_are_named(
     assert_clean_error(proc, "corrupt.jpg", "missing.jpg")
 
 
+@pytest.mark.slow
 def test_bad_checkpoint_is_named(images: list[Path], tmp_path: Path) -> None:
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(b"not a checkpoint")

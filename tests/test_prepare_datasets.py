@@ -292,6 +292,7 @@ def test_clive_reads_names_stored_as_a_char_matrix(tmp_path: Path, layout: str) 
         ("1\n.bmp", "bad image name '1\\n.bmp' (it holds a control character)"),
     ],
 )
+@pytest.mark.slow
 def test_clive_names_are_checked_in_every_layout(
     tmp_path: Path, layout: str, bad: str, needle: str
 ) -> None:

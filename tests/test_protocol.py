@@ -314,6 +314,7 @@ def test_a_finished_split_with_other_settings_is_refused(
     assert not (args.out / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_splits_trained_as_the_protocol_says_count(tmp_path: Path) -> None:
     """A split's args.json holds what train.py decided (device, loader, amp, ...),
     protocol.json the flags as given: auto and the defaults match their outcome."""
@@ -325,6 +326,7 @@ def test_splits_trained_as_the_protocol_says_count(tmp_path: Path) -> None:
     assert read_json(args.out / "summary.json")["counted"] == 2
 
 
+@pytest.mark.slow
 def test_the_summary_covers_every_split_of_the_protocol(tmp_path: Path) -> None:
     """Splits 0-1 from an earlier start stay in the summary of a start with --seeds 2."""
     args = claimed_protocol(tmp_path, "--seeds", "2")
@@ -339,6 +341,7 @@ def test_the_summary_covers_every_split_of_the_protocol(tmp_path: Path) -> None:
     assert "also seed 0, 1" in proc.stdout and "3 of 3 splits counted" in proc.stdout
 
 
+@pytest.mark.slow
 def test_without_protocol_json_the_splits_are_compared_with_each_other(tmp_path: Path) -> None:
     fake_run(tmp_path / "seed0", scores(0.9, 0.92, 0.8))
     fake_run(tmp_path / "seed1", scores(0.8, 0.82, 0.7))
@@ -359,6 +362,7 @@ def test_without_protocol_json_the_splits_are_compared_with_each_other(tmp_path:
     [("[1, 2]", "is not a protocol record"), ("{not json", "cannot read"),
      ('{"train": 3}', "is not a protocol record"), (None, "protocol.json is not a file")],
 )  # fmt: skip
+@pytest.mark.slow
 def test_a_damaged_protocol_json_is_one_line(
     tmp_path: Path, content: str | None, needle: str
 ) -> None:
@@ -524,6 +528,7 @@ def test_a_failed_split_stops_or_is_skipped_with_keep_going(tmp_path: Path) -> N
     assert "0 of 2 splits counted, 2 excluded" in proc.stdout
 
 
+@pytest.mark.slow
 def test_summary_only_reads_folders_trained_elsewhere(tmp_path: Path) -> None:
     fake_run(tmp_path / "seed0", scores(0.9, 0.92, 0.8))
     fake_run(tmp_path / "seed2", scores(0.8, 0.82, 0.7))

@@ -96,6 +96,7 @@ def args_of(run: Path, data: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize("lost", ["resume_state.pt", "metrics.json"])
+@pytest.mark.slow
 def test_resume_without_its_state_is_refused_and_deletes_nothing(
     lost: str, good: Path, unfinished: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -219,6 +220,7 @@ def test_a_validation_set_that_cannot_rank_is_refused_before_training(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_undefined_val_srcc_every_epoch_is_said(
     good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -377,6 +379,7 @@ def test_hostile_flags_and_files_are_one_line_each(good: Path, tmp_path: Path) -
         ('[{"image": "' + "y" * 300 + '.jpg", "score": 1}]', "File name too long"),
     ],
 )
+@pytest.mark.slow
 def test_hostile_metadata_is_one_line(
     content: str, message: str, good: Path, tmp_path: Path
 ) -> None:
@@ -388,6 +391,7 @@ def test_hostile_metadata_is_one_line(
     assert message in _cli_error("train.py", *args)
 
 
+@pytest.mark.slow
 def test_a_directory_instead_of_an_image_or_a_json(data: Path, tmp_path: Path) -> None:
     image = data / read_json(data / "demo.json")[0]["image"]
     image.unlink()
@@ -561,6 +565,7 @@ def test_without_data_json_a_resume_is_refused(
     assert "data.json is missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_odd_file_names_and_kinds_in_the_metadata(data: Path, tmp_path: Path) -> None:
     entries = read_json(data / "demo.json")
     os.mkfifo(data / "images" / "fifo.jpg")  # opening it would wait forever

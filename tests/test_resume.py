@@ -470,6 +470,7 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(program: str, line: str
     assert (proc.returncode, proc.stderr) == (130, line)
 
 
+@pytest.mark.slow
 def test_a_resume_builds_no_backbone_weights_it_would_overwrite(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -234,6 +234,7 @@ def test_plot_refuses_to_write_over_its_input(tmp_path: Path) -> None:
 # --- compare_runs --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_orders_by_best_val_srcc(tmp_path: Path) -> None:
     make_run(tmp_path, "a_mid", [0.85], seed=1)
     make_run(tmp_path, "b_noval", [None])
@@ -282,6 +283,7 @@ def test_compare_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert {"lr", "batch_size", "epochs", "seed", "best_epoch", "last_epoch"} <= set(rows[0])
 
 
+@pytest.mark.slow
 def test_compare_empty_and_missing(tmp_path: Path) -> None:
     proc = run_cli(COMPARE, str(tmp_path))
     assert proc.returncode == 0 and f"no runs under {tmp_path}" in proc.stdout

@@ -98,6 +98,7 @@ def test_train_log_lines_are_timestamped(finished_run: Path) -> None:
     assert any("epoch 2/2" in ln for ln in lines)
 
 
+@pytest.mark.slow
 def test_same_seed_repeats_the_run_exactly(
     finished_run: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
@@ -135,6 +136,7 @@ def test_overwrite_replaces_an_existing_run(
     assert [e["epoch"] for e in read_json(run / "metrics.json")["epochs"]] == [1]
 
 
+@pytest.mark.slow
 def test_save_all_epochs_and_no_validation(tiny_dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = tiny_train_args(tiny_dataset, run, "--save_all_epochs", "--val_split", "0")
