@@ -36,7 +36,7 @@ from hyperiqa.data import Sample, describe_sets, load_sets
 from hyperiqa.distributed import barrier, run_on_main
 from hyperiqa.distributed import shutdown as shutdown_distributed
 from hyperiqa.errors import USER_ERRORS, UserError, report
-from hyperiqa.fit import ImageSet, final_report, fit, image_sets
+from hyperiqa.fit import ImageSet, final_report, fit, image_sets, prepare_trainer
 from hyperiqa.model import HyperNet, ModelLoadError, build_model
 from hyperiqa.run_folder import RunFolder, Start
 from hyperiqa.spec import VAL, RunSpec
@@ -90,6 +90,7 @@ def train(args: argparse.Namespace, argv: Sequence[str], stop: StopSignals) -> P
         model, model_note = build_model_for(spec, start)
         notes.append(model_note)
         sets = image_sets(spec, samples)
+        trainer = prepare_trainer(spec, model, sets, run, stop)
 
         # Everything is in place: now the folder may change (rank 0 alone writes,
         # once every rank has looked at the folder as it was).
@@ -108,7 +109,7 @@ def train(args: argparse.Namespace, argv: Sequence[str], stop: StopSignals) -> P
                     log.info(note)
                 log.info(describe_run(spec, sets))
                 with stop.deferred():  # a stop during the report lets the run end
-                    fit(spec, model, sets, run, stop, log, board)
+                    fit(trainer, run, log, board)
                     for line in final_report(spec, run, HERE):
                         log.info(line)
             except Interrupted as stopped:

@@ -36,7 +36,7 @@ from hyperiqa.errors import UserError
 from hyperiqa.history import Best, EpochRecord, HeldOutResult, History, format_correlation
 from hyperiqa.model import HyperNet, ModelLoadError, load_weights, param_groups
 from hyperiqa.progress import progress_bar
-from hyperiqa.run_folder import BEST, VAL_IMAGES, RunFolder, shell_path
+from hyperiqa.run_folder import BEST, RESUME, VAL_IMAGES, RunFolder, shell_path
 from hyperiqa.runtime import Runtime
 from hyperiqa.scoring import correlations, per_image_mean, plcc, predict_patches, srcc
 from hyperiqa.spec import TRAIN, VAL, RunSpec
@@ -55,24 +55,17 @@ VAL_SPEEDUP = 3.0
 
 
 def fit(
-    spec: RunSpec,
-    model: HyperNet,
-    sets: dict[str, ImageSet],
-    run: RunFolder,
-    stop: StopSignals,
-    log: logging.Logger,
-    board: Board | None = None,
+    trainer: Trainer, run: RunFolder, log: logging.Logger, board: Board | None = None
 ) -> History:
-    """Train from where ``run`` stands (its history and saved states) to the last
-    epoch, then score best_model.pkl on the held-out sets and mark the run complete.
+    """Train from where ``run`` stands (its history; the trainer holds its saved
+    states, see ``prepare_trainer``) to the last epoch, then score best_model.pkl on
+    the held-out sets and mark the run complete.
 
     A stop signal ends the run at the next safe point (Interrupted); every file
     written by then is whole, and --resume continues from the last epoch."""
-    trainer = Trainer(spec, model, sets[TRAIN], sets.get(VAL), stop)
+    spec, stop = trainer.spec, trainer.stop
     trainer.on_step = board.step if board else None
     trainer.on_eta = log.info
-    if run.saved_states is not None:
-        trainer.restore(run.saved_states)
     history = run.history
     with stop.deferred():
         for epoch in range(history.epoch + 1, spec.epochs + 1):
@@ -83,16 +76,36 @@ def fit(
                     f"training diverged in epoch {epoch} (loss {record.train_loss}); "
                     "lower --lr and start again with --overwrite"
                 )
-            run.record(record, is_better(record, history.best, VAL in sets), trainer.states)
+            is_best = is_better(record, history.best, trainer.val is not None)
+            run.record(record, is_best, trainer.states)
             log.info(format_epoch(record, spec.epochs) + remaining(history, spec.epochs))
             if board:
                 board.epoch(record)
             if trainer.stop_agreed() and epoch < spec.epochs:
                 raise Interrupted
         # Still deferred: a stop from here on lets the run end.
-        held_out = {name: s for name, s in sets.items() if name not in (TRAIN, VAL)}
+        held_out = trainer.held_out
         run.finish(score_held_out(trainer, run, held_out, log, board) if held_out else {})
     return history
+
+
+def prepare_trainer(
+    spec: RunSpec, model: HyperNet, sets: dict[str, ImageSet], run: RunFolder, stop: StopSignals
+) -> Trainer:
+    """The trainer of ``model`` on ``sets``, with the states a resume continues from.
+    Called before the run folder changes: a resume state that does not fit (tampered,
+    or from another model) is refused with the folder as it was."""
+    trainer = Trainer(spec, model, sets, stop)
+    if run.saved_states is not None:
+        try:
+            trainer.restore(run.saved_states)
+        except (RuntimeError, TypeError, ValueError, KeyError) as e:
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise UserError(
+                f"--resume: {run.file(RESUME)} does not fit this run's model and optimizer "
+                f"({reason}); nothing was changed. Start the run again with --overwrite"
+            ) from None
+    return trainer
 
 
 def is_better(record: EpochRecord, best: Best | None, has_val: bool) -> bool:
@@ -196,14 +209,12 @@ class Trainer:
     """
 
     def __init__(
-        self,
-        spec: RunSpec,
-        model: HyperNet,
-        train: ImageSet,
-        val: ImageSet | None,
-        stop: StopSignals,
+        self, spec: RunSpec, model: HyperNet, sets: dict[str, ImageSet], stop: StopSignals
     ) -> None:
-        self.spec, self.model, self.train, self.val, self.stop = spec, model, train, val, stop
+        self.spec, self.model, self.stop = spec, model, stop
+        self.train, self.val = sets[TRAIN], sets.get(VAL)
+        # The test and --eval_json sets, scored with best_model.pkl at the end.
+        self.held_out = {name: s for name, s in sets.items() if name not in (TRAIN, VAL)}
         self.rt = rt = spec.runtime
         # Called every PROGRESS_EVERY steps with (global step, loss, backbone lr,
         # hypernet lr): TensorBoard's per-step curve.
@@ -224,7 +235,7 @@ class Trainer:
         step_net = torch.compile(self.net) if rt.compile else self.net
         self.step = TrainStep(step_net, self.optimizer, rt)
         # Targets are looked up on the device by image index: uploaded once.
-        self.train_targets = torch.tensor(train.labels, dtype=torch.float32, device=rt.device)
+        self.train_targets = torch.tensor(self.train.labels, dtype=torch.float32, device=rt.device)
 
     # -- what a resume restores ------------------------------------------------------------
 

@@ -87,6 +87,29 @@ def test_best_model_deleted_during_the_run_is_one_line_and_keeps_the_rest(
     assert [e["epoch"] for e in read_json(run / "metrics.json")["epochs"]] == [1, 2]
 
 
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (lambda s: s.update(torch_rng=torch.zeros(3)), "RNG state must be a torch.ByteTensor"),
+        (lambda s: s["model"].popitem(), "Missing key(s) in state_dict"),
+        (lambda s: s["optimizer"].update(param_groups=[]), "different number of parameter groups"),
+    ],
+)
+def test_a_resume_state_that_does_not_fit_is_one_line(
+    tamper, reason: str, good: Path, unfinished: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = Path(shutil.copytree(unfinished, tmp_path / "run"))
+    state = torch.load(run / "resume_state.pt", weights_only=True)
+    tamper(state)
+    torch.save(state, run / "resume_state.pt")
+    before = snapshot(run)
+    assert train.main([*args_of(run, good), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "resume_state.pt does not fit this run" in err and reason in err
+    assert snapshot(run) == before  # refused before the folder changed
+
+
 def args_of(run: Path, data: Path, *extra: str) -> list[str]:
     """The flags of the unfinished run (3 epochs), on ``data``, in ``run``."""
     return args_for(data, run, *extra, epochs=3)
