@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from hyperiqa.arg_types import (
@@ -357,38 +358,19 @@ def resolve(args: argparse.Namespace) -> RunSpec:
     )
     name = run_name(args.lr, args.batch_size, args.epochs, val_split, args.val_json, args.seed)
     run_dir = Path(args.checkpoint_dir or DEFAULT_CHECKPOINTS / f"{'demo_' * args.demo}{name}")
+    # Every other field of the spec is the flag of the same name, as given.
+    as_given = {f.name: getattr(args, f.name) for f in fields(RunSpec) if f.name in vars(args)}
     return RunSpec(
-        dataset_root=args.dataset_root,
-        train_json=train_json,
-        val_split=val_split,
-        val_json=args.val_json,
-        test_json=args.test_json,
-        eval_json=tuple(args.eval_json),
-        eval_root=tuple(args.eval_root),
-        resize=args.resize,
-        patch_size=args.patch_size,
-        train_patch_num=args.train_patch_num,
-        val_patch_num=args.val_patch_num,
-        shuffle_window=args.shuffle_window or args.batch_size,
-        lr=args.lr,
-        lr_ratio=args.lr_ratio,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        seed=args.seed,
-        backbone=args.backbone,
-        backbone_weights=args.backbone_weights,
-        init_checkpoint=args.init_checkpoint,
-        run_dir=run_dir,
-        checkpoint_dir=args.checkpoint_dir,
-        save_all_epochs=args.save_all_epochs,
-        tensorboard=args.tensorboard,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        demo=args.demo,
-        skip_check=args.skip_check,
-        progress=args.progress,
-        runtime=runtime,
+        **{
+            **as_given,
+            "train_json": train_json,
+            "val_split": val_split,
+            "eval_json": tuple(args.eval_json),
+            "eval_root": tuple(args.eval_root),
+            "shuffle_window": args.shuffle_window or args.batch_size,
+            "run_dir": run_dir,
+            "runtime": runtime,
+        }
     )
 
 

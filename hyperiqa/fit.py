@@ -20,7 +20,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -269,12 +269,8 @@ class Trainer:
             if self.stop.requested is not None:
                 raise Interrupted from None
             raise
-        return EpochRecord(
-            **trained._asdict(),
-            val_srcc=val_srcc,
-            val_plcc=val_plcc,
-            epoch_seconds=round(time.perf_counter() - start, 3),
-        )
+        seconds = round(time.perf_counter() - start, 3)
+        return replace(trained, val_srcc=val_srcc, val_plcc=val_plcc, epoch_seconds=seconds)
 
     def stop_agreed(self) -> bool:
         """Did any rank get a stop signal? (A collective: every rank must ask.)"""
@@ -298,7 +294,8 @@ class Trainer:
             return False
         return any_rank(asked, self.rt.dist, self.rt.device)
 
-    def train_one_epoch(self, epoch: int) -> _Trained:
+    def train_one_epoch(self, epoch: int) -> EpochRecord:
+        """Train one epoch: its record, without the validation fields."""
         spec, net, dist = self.spec, self.net, self.rt.dist
         rates = apply_schedule(self.optimizer, epoch, lr=spec.lr, lr_ratio=spec.lr_ratio)
         full_plan = self.train.plan(epoch)
@@ -348,7 +345,7 @@ class Trainer:
         )
         loss_total, seen = totals.sum(axis=0)
         seen = int(seen)
-        return _Trained(
+        return EpochRecord(
             epoch=epoch,
             train_loss=float(loss_total / max(seen, 1)),
             train_srcc=srcc(pred_np, self.train.labels[idx_np]),
@@ -397,19 +394,6 @@ class Trainer:
             return None, None
         pred = self.predict(self.val)
         return srcc(pred, self.val.labels), plcc(pred, self.val.labels)
-
-
-class _Trained(NamedTuple):
-    """The training half of an epoch's record."""
-
-    epoch: int
-    train_loss: float
-    train_srcc: float | None
-    lr_backbone: float
-    lr_hypernet: float
-    train_patches: int
-    train_seconds: float
-    train_patches_per_s: float | None
 
 
 class TrainStep:

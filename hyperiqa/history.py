@@ -24,9 +24,10 @@ class EpochRecord:
     train_patches: int
     train_seconds: float
     train_patches_per_s: float | None  # None when the epoch took no measurable time
-    val_srcc: float | None  # None without validation, or when undefined (constant predictions)
-    val_plcc: float | None
-    epoch_seconds: float
+    # Validation comes after training (the record is completed with dataclasses.replace).
+    val_srcc: float | None = None  # None without validation, or undefined (constant predictions)
+    val_plcc: float | None = None
+    epoch_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
