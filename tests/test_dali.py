@@ -205,6 +205,20 @@ def big_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [*paths, gray, small]
 
 
+def _patch_differences(a, b, plan, first=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """|a - b| per pixel (grey levels) and its mean per patch, two loaders cutting
+    one plan (``first``: a's batches when already taken). Closes both."""
+    try:
+        a_x, a_idx = _stream(first if first is not None else _run(a, plan))
+        b_x, b_idx = _stream(_run(b, plan))
+    finally:
+        a.close()
+        b.close()
+    assert torch.equal(a_idx, b_idx)
+    diff = (a_x - b_x).abs()
+    return diff, diff.flatten(1).mean(1)
+
+
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
 def test_cpu_patches_match_pillow_at_training_and_odd_geometry(geometry, big_images):
     resize = GEOMETRIES[geometry]
@@ -212,15 +226,7 @@ def test_cpu_patches_match_pillow_at_training_and_odd_geometry(geometry, big_ima
     assert plan.flips.any() and not plan.flips.all()
     dali = DaliLoader(big_images, _geometry_settings(resize))
     pillow = make_loader("pillow", big_images, _geometry_settings(resize))
-    try:
-        dali_x, dali_idx = _stream(_run(dali, plan))
-        ref_x, ref_idx = _stream(_run(pillow, plan))
-    finally:
-        dali.close()
-        pillow.close()
-    assert torch.equal(dali_idx, ref_idx)
-    diff = (dali_x - ref_x).abs()
-    per_patch = diff.flatten(1).mean(1)
+    diff, per_patch = _patch_differences(dali, pillow, plan)
     assert diff.mean() < CPU_MEAN_TOL, f"mean abs diff {diff.mean():.3f} grey levels"
     assert diff.max() < CPU_MAX_TOL, f"max abs diff {diff.max():.3f} grey levels"
     assert per_patch.max() < CPU_PATCH_MEAN_TOL, f"worst patch {per_patch.max():.3f}"
@@ -660,17 +666,9 @@ def test_gpu_low_precision_patches_match_cpu_at_training_geometry(dtype, big_ima
     plan = _geometry_plan(len(big_images), resize)
     gpu = DaliLoader(big_images, _geometry_settings(resize, torch.device("cuda"), dtype=dtype))
     cpu = DaliLoader(big_images, _geometry_settings(resize))
-    try:
-        batches = _run(gpu, plan)
-        assert all(b.images.dtype == dtype and b.images.is_cuda for b in batches)
-        gpu_x, gpu_idx = _stream(batches)
-        cpu_x, cpu_idx = _stream(_run(cpu, plan))
-    finally:
-        gpu.close()
-        cpu.close()
-    assert torch.equal(gpu_idx, cpu_idx)
-    diff = (gpu_x - cpu_x).abs()
-    per_patch = diff.flatten(1).mean(1)
+    delivered = _run(gpu, plan)
+    assert all(b.images.dtype == dtype and b.images.is_cuda for b in delivered)
+    diff, per_patch = _patch_differences(gpu, cpu, plan, first=delivered)
     assert per_patch.max() < SMOKE_PATCH_MEAN_LIMIT, f"worst patch {per_patch.max():.3f}"
     assert diff.max() < SMOKE_MAX_LIMIT, f"max {diff.max():.2f} grey levels"
 
