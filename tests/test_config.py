@@ -234,7 +234,7 @@ def test_demo_applies_demo_defaults() -> None:
     assert cfg.demo is True
     for key, value in DEMO_DEFAULTS.items():
         assert getattr(cfg, key) == value, key
-    assert resolve(cfg).run_dir.name == "demo_lr1e-4_bs16_ep6_val0.333_seed42"
+    assert resolve(cfg).run_dir.name == "demo_lr1e-4_bs16_ep4_val0.333_seed42"
 
 
 @pytest.mark.parametrize(

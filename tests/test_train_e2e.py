@@ -334,7 +334,7 @@ def test_compile_wraps_only_the_training_step(
 @pytest.mark.slow
 def test_the_demo_learns(tmp_path: Path) -> None:
     """make demo's run, as a newcomer gets it: the model ranks the validation images
-    (SRCC 0.86 with this seed when measured; the README promises at least 0.6)."""
+    (SRCC 0.76 with this seed when measured; the README promises at least 0.6)."""
     run = tmp_path / "run"
     argv = ["--demo", "--dataset_root", str(tmp_path / "demo"), "--checkpoint_dir", str(run),
             "--no_progress"]  # fmt: skip
