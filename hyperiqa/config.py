@@ -352,8 +352,6 @@ def resolve(args: argparse.Namespace) -> RunSpec:
         dali_hw_decoder_load=args.dali_hw_decoder_load,
         dali_prefetch=args.dali_prefetch,
     )
-    name = run_name(args.lr, args.batch_size, args.epochs, val_split, args.val_json, args.seed)
-    run_dir = Path(args.checkpoint_dir or DEFAULT_CHECKPOINTS / f"{'demo_' * args.demo}{name}")
     return RunSpec(
         dataset_root=args.dataset_root,
         train_json=train_json,
@@ -376,7 +374,7 @@ def resolve(args: argparse.Namespace) -> RunSpec:
         backbone=args.backbone,
         backbone_weights=args.backbone_weights,
         init_checkpoint=args.init_checkpoint,
-        run_dir=run_dir,
+        run_dir=run_dir(args),
         checkpoint_dir=args.checkpoint_dir,
         save_all_epochs=args.save_all_epochs,
         tensorboard=args.tensorboard,
@@ -387,6 +385,16 @@ def resolve(args: argparse.Namespace) -> RunSpec:
         progress=args.progress,
         runtime=runtime,
     )
+
+
+def run_dir(args: argparse.Namespace) -> Path:
+    """The run folder: --checkpoint_dir, else ../checkpoints/ and the run's name
+    (``demo_`` first for --demo). Decided from the flags alone, so the docs' tests
+    can tell which folder a documented command trains into."""
+    name = run_name(
+        args.lr, args.batch_size, args.epochs, resolved_val_split(args), args.val_json, args.seed
+    )
+    return Path(args.checkpoint_dir or DEFAULT_CHECKPOINTS / f"{'demo_' * args.demo}{name}")
 
 
 def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
