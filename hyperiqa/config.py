@@ -358,8 +358,6 @@ def resolve(args: argparse.Namespace) -> RunSpec:
         dali_hw_decoder_load=args.dali_hw_decoder_load,
         dali_prefetch=args.dali_prefetch,
     )
-    name = run_name(args.lr, args.batch_size, args.epochs, val_split, args.val_json, args.seed)
-    run_dir = Path(args.checkpoint_dir or DEFAULT_CHECKPOINTS / f"{'demo_' * args.demo}{name}")
     # Every other field of the spec is the flag of the same name, as given.
     as_given = {f.name: getattr(args, f.name) for f in fields(RunSpec) if f.name in vars(args)}
     return RunSpec(
@@ -370,10 +368,20 @@ def resolve(args: argparse.Namespace) -> RunSpec:
             "eval_json": tuple(args.eval_json),
             "eval_root": tuple(args.eval_root),
             "shuffle_window": args.shuffle_window or args.batch_size,
-            "run_dir": run_dir,
+            "run_dir": run_dir(args),
             "runtime": runtime,
         }
     )
+
+
+def run_dir(args: argparse.Namespace) -> Path:
+    """The run folder: --checkpoint_dir, else ../checkpoints/ and the run's name
+    (``demo_`` first for --demo). Decided from the flags alone, so the docs' tests
+    can tell which folder a documented command trains into."""
+    name = run_name(
+        args.lr, args.batch_size, args.epochs, resolved_val_split(args), args.val_json, args.seed
+    )
+    return Path(args.checkpoint_dir or DEFAULT_CHECKPOINTS / f"{'demo_' * args.demo}{name}")
 
 
 def add_scoring_flags(parser: argparse.ArgumentParser) -> None:

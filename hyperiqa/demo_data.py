@@ -274,6 +274,11 @@ def demo_plan(num_images: int) -> list[tuple[int, str, float]]:
     return plan
 
 
+def demo_file_name(index: int, base: int, kind: str, level: float) -> str:
+    """``0004_b000_blur_l100.jpg``: the image's place, its base image, distortion and level."""
+    return f"{index:04d}_b{base:03d}_{kind}_l{round(level * 100):03d}.jpg"
+
+
 def demo_score(level: float, rng: np.random.Generator) -> float:
     """Linear in the level, plus a little rater noise, clipped to [0, 100]."""
     score = SCORE_TOP - SCORE_SPAN * level + SCORE_NOISE_SD * rng.standard_normal()
@@ -321,7 +326,7 @@ def write_demo_dataset(
         img = base_img
         if kind != PRISTINE:
             img = distort(base_img, kind, level, np.random.default_rng(dist_seeds[i]))
-        name = f"images/{i:04d}_b{base:03d}_{kind}_l{round(level * 100):03d}.jpg"
+        name = f"images/{demo_file_name(i, base, kind, level)}"
         _write_file(root / name, jpeg_bytes(img, DEMO_JPEG_QUALITY))
         score = demo_score(level, score_rng)
         entries.append(dict(image=name, score=score, base=base, distortion=kind, level=level))

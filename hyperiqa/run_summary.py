@@ -3,18 +3,28 @@
 Reads what hyperiqa/run_folder.py writes (metrics.json, args.json) and nothing
 heavy (no torch), so compare_runs.py and plot_metrics.py start instantly.
 A folder that is not a readable run is reported with the reason, never a traceback.
+
+A protocol folder (scripts/run_protocol.py's --out) is not a run but holds one
+per split, ``seed<k>``; the tools list those, named ``<protocol>/seed<k>``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hyperiqa.errors import JSON_ERRORS, json_problem
 from hyperiqa.run_folder import ARGS, METRICS, RESUME
+
+# What scripts/run_protocol.py writes into a protocol folder: its settings (at the
+# first start), its summary (after each), and a run folder per split.
+PROTOCOL = "protocol.json"
+SUMMARY = "summary.json"
+SPLIT_FOLDER = re.compile(r"seed(0|[1-9][0-9]*)", re.ASCII)  # run_dir's names, no seed01
 
 
 class RunFolderError(Exception):
@@ -154,10 +164,13 @@ def _scores(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def load_run(path: Path) -> RunSummary:
     """Summarise one run folder; RunFolderError if it is not a readable run."""
     path = Path(path)
-    if not path.is_dir():
-        raise RunFolderError("not a directory")
-    if not (path / METRICS).is_file():
-        raise RunFolderError(f"no {METRICS}")
+    try:
+        if not path.is_dir():
+            raise RunFolderError("not a directory")
+        if not (path / METRICS).is_file():
+            raise RunFolderError(f"no {METRICS}")
+    except OSError as exc:  # e.g. a folder this user may not enter
+        raise RunFolderError(f"cannot read it: {exc.strerror or exc}") from None
     metrics = _read_json(path / METRICS)
     if not isinstance(metrics, dict) or not isinstance(metrics.get("epochs"), list):
         raise RunFolderError(f'{METRICS} is not an object with an "epochs" list')
@@ -195,7 +208,7 @@ def load_run(path: Path) -> RunSummary:
 
     return RunSummary(
         path=path,
-        name=path.name,
+        name=run_label(path),
         args=args,
         epochs=epochs,
         epochs_planned=epochs_planned,
@@ -209,20 +222,77 @@ def load_run(path: Path) -> RunSummary:
     )
 
 
+def is_protocol_folder(path: Path) -> bool:
+    """A folder run_protocol.py made: protocol.json or summary.json in it, and not a run."""
+    path = Path(path)
+    if (path / METRICS).is_file():
+        return False
+    return (path / PROTOCOL).is_file() or (path / SUMMARY).is_file()
+
+
+def split_folders(protocol: Path) -> list[Path]:
+    """The split run folders of a protocol folder, ``seed<k>``, in seed order."""
+    splits = []
+    for child in Path(protocol).iterdir():
+        match = SPLIT_FOLDER.fullmatch(child.name)
+        if match and child.is_dir():
+            splits.append((int(match[1]), child))
+    return [child for _, child in sorted(splits)]
+
+
+def run_label(path: Path) -> str:
+    """How the tools name a run: its folder name, ``<protocol>/seed<k>`` for a
+    protocol's split (every protocol has a seed0: the name alone says too little)."""
+    path = Path(path)
+    parent = path.absolute().parent
+    try:
+        if SPLIT_FOLDER.fullmatch(path.name) and is_protocol_folder(parent):
+            return f"{parent.name}/{path.name}"
+    except OSError:  # a parent this user may not read: the name alone will do
+        pass
+    return path.name
+
+
+NO_SPLITS = "a protocol folder without any split run folder (seed<k>)"
+
+
+def run_folders(path: Path) -> list[Path]:
+    """The run folders ``path`` stands for: a protocol folder's splits, else itself."""
+    return split_folders(path) if is_protocol_folder(path) else [Path(path)]
+
+
 def find_runs(root: Path) -> tuple[list[RunSummary], list[tuple[Path, str]]]:
     """Runs in the immediate subfolders of root, and the skipped folders with a reason.
+    A protocol folder among them stands for its splits; ``root`` itself may be one
+    (then its splits are the runs, and nothing deeper is looked at).
 
     Hidden folders (.ipynb_checkpoints, .cache, ...) are ignored silently: they
     are never runs and a note for each would only be noise. Runs come back in
-    folder-name order; callers sort as they need.
+    folder-name order (a protocol's splits in seed order); callers sort as they need.
     """
-    runs: list[RunSummary] = []
+    root = Path(root)
+    folders: list[Path] = []
     skipped: list[tuple[Path, str]] = []
-    for child in sorted(Path(root).iterdir(), key=lambda p: p.name):
-        if child.name.startswith(".") or not child.is_dir():
-            continue
+    if is_protocol_folder(root):
+        folders = split_folders(root)
+        if not folders:
+            skipped.append((root, NO_SPLITS))
+    else:
+        for child in sorted(root.iterdir(), key=lambda p: p.name):
+            if child.name.startswith(".") or not child.is_dir():
+                continue
+            try:
+                found = run_folders(child)
+            except OSError as exc:  # a folder this user may not read: one note, not the end
+                skipped.append((child, f"cannot read it: {exc.strerror or exc}"))
+                continue
+            if not found:
+                skipped.append((child, NO_SPLITS))
+            folders += found
+    runs: list[RunSummary] = []
+    for folder in folders:
         try:
-            runs.append(load_run(child))
+            runs.append(load_run(folder))
         except RunFolderError as exc:
-            skipped.append((child, str(exc)))
+            skipped.append((folder, str(exc)))
     return runs, skipped

@@ -2,9 +2,12 @@
 
 The test columns are best_model.pkl's score on --test_json at the end of the
 run (the epoch of the best val SRCC); "-" for runs trained without a test set.
+A protocol folder (scripts/run_protocol.py --out) stands for its split runs,
+listed as <protocol>/seed<k>; given as the folder itself, it lists its splits.
 
 python scripts/compare_runs.py                 # ../checkpoints
 python scripts/compare_runs.py ../checkpoints --json
+python scripts/compare_runs.py ../checkpoints/protocol_paper
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperiqa.config import format_lr
-from hyperiqa.run_summary import RunSummary, find_runs
+from hyperiqa.run_summary import RunSummary, find_runs, run_label
 
 PROG = "compare_runs"
 COLUMNS = [
@@ -91,7 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=Path("../checkpoints"),
         metavar="CHECKPOINTS_DIR",
-        help="folder whose subfolders are run folders (default: ../checkpoints)",
+        help="folder whose subfolders are run folders or protocol folders, or a protocol "
+        "folder (default: ../checkpoints)",
     )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser.parse_args(argv)
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Notes go to stderr so stdout stays a clean table (or clean JSON) for pipes.
     for path, reason in skipped:
-        print(f"skipped {path.name}: {reason}", file=sys.stderr)
+        print(f"skipped {run_label(path)}: {reason}", file=sys.stderr)
 
     rows = [run.row() for run in sorted(runs, key=sort_key)]
     if args.json:

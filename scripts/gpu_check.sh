@@ -81,7 +81,12 @@ step_preflight() {
   # one line naming all of it (also in $WORK/fail_line.txt) and exit 1; otherwise
   # the versions for the summary in $WORK/versions.txt.
   cat "$WORK/pytest.log" 2>/dev/null
-  nvidia-smi 2>&1 || echo "(nvidia-smi: not available)"
+  # env.txt is read by people: the shell's "command not found" says nothing useful.
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi 2>&1 || echo "nvidia-smi failed (exit code $?): the NVIDIA driver may not be loaded"
+  else
+    echo "nvidia-smi: not found on PATH (it comes with the NVIDIA driver; none is installed here, or its tools are not on PATH)"
+  fi
   "$PY" scripts/gpu_check.py preflight
 }
 

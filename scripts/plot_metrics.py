@@ -2,12 +2,13 @@
 
     python scripts/plot_metrics.py ../checkpoints/lr2e-5_bs96_ep16_val0.1_seed0 -o curves.png
     python scripts/plot_metrics.py ../checkpoints/*seed* -o seeds.png     # overlaid
+    python scripts/plot_metrics.py ../checkpoints/protocol_paper -o splits.png  # its seed<k> runs
 
 Panels: train loss; SRCC (train solid, val dashed, a star at the best val
 epoch); PLCC (val dashed). A run trained with --test_json also gets a diamond
 in the SRCC and PLCC panels: best_model.pkl's test score, drawn at the epoch
 it comes from. Each run keeps one colour in every panel; the legend names runs
-by folder name.
+by folder name, a protocol's splits as <protocol>/seed<k> (as compare_runs.py).
 """
 
 from __future__ import annotations
@@ -23,18 +24,24 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from hyperiqa.atomic import overwritten_input, write_atomic
-from hyperiqa.run_summary import RunFolderError, RunSummary, load_run
+from hyperiqa.run_summary import NO_SPLITS, RunFolderError, RunSummary, load_run, run_folders
 
 PROG = "plot_metrics"
 
 
 def run_labels(runs: list[RunSummary]) -> list[str]:
-    """Folder names; parent/name where two runs share a name (e.g. two machines' checkpoints)."""
+    """Run names; where two runs share one (e.g. two machines' checkpoints), each
+    prefixed with the folder that holds it (a protocol's split: the protocol folder's)."""
     names = [run.name for run in runs]
-    return [
-        f"{run.path.parent.name}/{run.name}" if names.count(run.name) > 1 else run.name
-        for run in runs
-    ]
+    labels = []
+    for run in runs:
+        if names.count(run.name) > 1:
+            # The name covers the last 1 (a run) or 2 (protocol/seed<k>) path parts.
+            holder = run.path.absolute().parents[run.name.count("/")]
+            labels.append(f"{holder.name}/{run.name}")
+        else:
+            labels.append(run.name)
+    return labels
 
 
 # The test score: a diamond, hollow so it never hides the val curve's best star below it.
@@ -127,7 +134,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="plot_metrics.py",
         description="Plot loss/SRCC/PLCC curves of one or more run folders into one image.",
     )
-    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    parser.add_argument(
+        "run_dirs",
+        nargs="+",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folders; a protocol folder (run_protocol.py --out) stands for its seed<k> runs",
+    )
     parser.add_argument(
         "-o", "--output", type=Path, default=Path("curves.png"), help="image to write (curves.png)"
     )
@@ -139,11 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     # A folder that is not a run (a failed start, a stray folder a glob caught)
     # is skipped with a note, as compare_runs.py does; no run at all is an error.
     runs = []
-    for run_dir in args.run_dirs:
+    for given in args.run_dirs:
         try:
-            runs.append(load_run(run_dir))
-        except RunFolderError as exc:
-            print(f"{PROG}: skipped {run_dir}: {exc}", file=sys.stderr)
+            folders = run_folders(given)
+        except OSError as exc:
+            print(
+                f"{PROG}: skipped {given}: cannot read it: {exc.strerror or exc}", file=sys.stderr
+            )
+            continue
+        if not folders:
+            print(f"{PROG}: skipped {given}: {NO_SPLITS}", file=sys.stderr)
+        for run_dir in folders:
+            try:
+                runs.append(load_run(run_dir))
+            except RunFolderError as exc:
+                print(f"{PROG}: skipped {run_dir}: {exc}", file=sys.stderr)
     if not runs:
         raise SystemExit(f"{PROG}: error: none of the {len(args.run_dirs)} folders is a run")
     for run in runs:

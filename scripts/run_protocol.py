@@ -65,7 +65,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -81,14 +80,12 @@ from hyperiqa.config import parse_args as parse_train_args
 from hyperiqa.errors import JSON_ERRORS, json_problem
 from hyperiqa.protocol import format_summary, parse_seeds, summarize, write_summary
 from hyperiqa.run_folder import ARGS, RunFolder, shell_path
-from hyperiqa.run_summary import RunFolderError, load_run
+from hyperiqa.run_summary import PROTOCOL, SPLIT_FOLDER, SUMMARY, RunFolderError, load_run
 from hyperiqa.spec import ADDED_SINCE_FIRST_RELEASE, RESUME_MAY_CHANGE
 from hyperiqa.stopping import EXIT_INTERRUPTED, STOP_SIGNALS, Interrupted
 
 PROG = "run_protocol"
 REPO = Path(__file__).resolve().parents[1]
-PROTOCOL = "protocol.json"
-SUMMARY = "summary.json"
 PARTS = ("train", "val", "test")  # prepare_koniq.py writes koniq_<part>.json
 DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION = 0.2, 0.1
 # train.py flags the runner sets for every split; the user may not set them after --.
@@ -98,7 +95,6 @@ RESERVED = ("--dataset_root", "--train_json", "--val_json", "--test_json", "--va
 NOT_PROTOCOL = RESUME_MAY_CHANGE | {"seed", "train_json", "val_json", "test_json", "world_size"}
 # Signals passed on to the training: Ctrl-C, SIGTERM, and a closed terminal.
 FORWARDED = (*STOP_SIGNALS, signal.SIGHUP)
-SPLIT_FOLDER = re.compile(r"seed(0|[1-9][0-9]*)", re.ASCII)  # run_dir's names, no seed01
 
 
 class ProtocolError(Exception):

@@ -2,7 +2,7 @@
 # Stage pytest and everything it imports (pure-Python wheels, ~2 MB) for an
 # offline GPU machine that has torch but no pytest; scripts/gpu_check.sh unpacks
 # them from .devwheels/extra when `import pytest` fails there. Copy .devwheels/extra
-# to that machine along with the repository (README, GPU notes).
+# to that machine along with the repository (docs/gpu.md).
 #
 #   bash scripts/stage_test_wheels.sh            # for Python 3.12
 #   PYTHON_VERSION=3.11 bash scripts/stage_test_wheels.sh

@@ -121,6 +121,54 @@ def test_preflight_names_everything_missing_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+def path_without(program: str, tmp_path: Path) -> str:
+    """PATH with ``program`` hidden: each folder holding it is replaced by a folder
+    of links to everything else in it."""
+    folders = []
+    for i, folder in enumerate(os.environ["PATH"].split(os.pathsep)):
+        if folder and (Path(folder) / program).exists():
+            copy = tmp_path / f"path{i}"
+            copy.mkdir()
+            for entry in Path(folder).iterdir():
+                if entry.name != program:
+                    (copy / entry.name).symlink_to(entry)
+            folder = str(copy)
+        folders.append(folder)
+    return os.pathsep.join(folders)
+
+
+def _preflight_env_txt(tmp_path: Path, path: str) -> str:
+    """env.txt of a preflight that fails fast (DALI hidden) with this PATH."""
+    hide = tmp_path / "hide_dali"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['nvidia.dali'] = None\n")
+    out = tmp_path / "out"
+    proc = run_check(
+        out, PYTHONPATH=str(hide), GPU_CHECK_STANDIN="1", PATH=f"{tmp_path / 'bin'}:{path}"
+    )
+    assert proc.returncode == 1 and "cannot import nvidia.dali" in proc.stdout, proc.stdout
+    return (out / "env.txt").read_text()
+
+
+@pytest.mark.slow
+def test_env_txt_says_in_words_that_nvidia_smi_is_missing(tmp_path: Path) -> None:
+    env_txt = _preflight_env_txt(tmp_path, path_without("nvidia-smi", tmp_path))
+    assert "nvidia-smi: not found on PATH (it comes with the NVIDIA driver" in env_txt
+    assert "command not found" not in env_txt and "line " not in env_txt, env_txt
+
+
+@pytest.mark.slow
+def test_env_txt_names_a_failing_nvidia_smi_s_exit_code(tmp_path: Path) -> None:
+    fake = tmp_path / "fake_smi"
+    fake.mkdir()
+    smi = fake / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed: no driver'\nexit 9\n")
+    smi.chmod(0o755)
+    env_txt = _preflight_env_txt(tmp_path, f"{fake}:{os.environ['PATH']}")
+    assert "NVIDIA-SMI has failed: no driver" in env_txt
+    assert "nvidia-smi failed (exit code 9): the NVIDIA driver may not be loaded" in env_txt
+
+
 def test_the_modules_checked_are_those_the_steps_import(tmp_path: Path) -> None:
     steps = [*gpu_check.STEP_ENTRY_POINTS, *gpu_check.gpu_test_files()]
     needed = set(gpu_check.required_modules(steps))

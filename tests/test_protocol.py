@@ -497,11 +497,14 @@ def test_two_splits_end_to_end_then_skip_and_resume(
     assert read_json(out / "seed1" / "metrics.json")["test"] == test_before
     assert read_json(out / "summary.json")["counted"] == 2
 
-    # compare_runs reads the same folders, test columns included.
+    # compare_runs reads the same folders, test columns included, and names them
+    # after the protocol; its splits/ folder is no run and brings no note.
     proc = run_cli("scripts/compare_runs.py", str(out))
     header, _, *rows = proc.stdout.splitlines()
     assert "test SRCC" in header and "test PLCC" in header
-    seed1 = next(row for row in rows if row.startswith("seed1 "))
+    assert sorted(row.split()[0] for row in rows) == ["proto/seed0", "proto/seed1"]
+    assert proc.stderr == ""
+    seed1 = next(row for row in rows if row.startswith("proto/seed1 "))
     assert f"{test_before['plcc']:.4f}" in seed1
 
 

@@ -290,3 +290,115 @@ def test_compare_empty_and_missing(tmp_path: Path) -> None:
     proc = run_cli(COMPARE, str(tmp_path / "nope"))
     assert proc.returncode == 1
     assert "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- protocol folders (scripts/run_protocol.py --out): their splits are runs ------------------
+
+
+def make_protocol(root: Path, name: str, seeds: list[int], marker: str = "protocol.json") -> Path:
+    """A protocol folder as run_protocol.py leaves it: its record, its split files
+    and one finished run per seed."""
+    protocol = root / name
+    protocol.mkdir(parents=True)
+    (protocol / marker).write_text(json.dumps({"train": {}}))
+    (protocol / "splits" / "seed0").mkdir(parents=True)
+    for seed in seeds:
+        make_run(protocol, f"seed{seed}", [0.5 + seed / 100], seed=seed, test=TEST_BLOCK)
+    return protocol
+
+
+def test_find_runs_lists_the_splits_of_a_protocol_folder(tmp_path: Path) -> None:
+    make_run(tmp_path, "plain", [0.8])
+    paper = make_protocol(tmp_path, "protocol_paper", [10, 0, 2])
+    (paper / "seed3").mkdir()  # a split whose start failed
+    make_protocol(tmp_path, "protocol_empty", [])  # started, no split yet
+    make_protocol(tmp_path, "by_hand", [1], marker="summary.json")  # --summary_only
+    runs, skipped = find_runs(tmp_path)
+    assert [r.name for r in runs] == [
+        "by_hand/seed1", "plain",
+        "protocol_paper/seed0", "protocol_paper/seed2", "protocol_paper/seed10",
+    ]  # fmt: skip
+    assert skipped == [
+        (tmp_path / "protocol_empty", "a protocol folder without any split run folder (seed<k>)"),
+        (paper / "seed3", "no metrics.json"),
+    ]
+
+
+def test_a_seed_folder_outside_a_protocol_is_a_plain_run(tmp_path: Path) -> None:
+    make_run(tmp_path, "seed3", [0.8])
+    make_run(tmp_path / "experiments", "seed4", [0.7])  # no protocol.json: not a protocol
+    runs, skipped = find_runs(tmp_path)
+    assert [r.name for r in runs] == ["seed3"]
+    assert skipped == [(tmp_path / "experiments", "no metrics.json")]
+
+
+def test_compare_without_arguments_lists_a_protocol_s_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The default ../checkpoints holding a protocol: its splits, not 'skipped'."""
+    checkpoints = tmp_path / "checkpoints"
+    make_protocol(checkpoints, "protocol_paper", [0, 1])
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    assert compare_runs.main([]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()[2:]] == [
+        "protocol_paper/seed1", "protocol_paper/seed0",
+    ]  # fmt: skip
+    assert err == ""
+    assert compare_runs.main(["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["seed"]) for r in rows] == [
+        ("protocol_paper/seed1", 1), ("protocol_paper/seed0", 0),
+    ]  # fmt: skip
+
+
+def test_compare_on_a_protocol_folder_lists_its_splits(tmp_path: Path) -> None:
+    paper = make_protocol(tmp_path, "protocol_paper", [0, 1])
+    (paper / "seed2").mkdir()
+    make_protocol(paper, "seed3", [0])  # a split folder is a run, never a protocol inside one
+    proc = run_cli(COMPARE, str(paper))
+    assert proc.returncode == 0, proc.stderr
+    names = [line.split()[0] for line in proc.stdout.splitlines()[2:]]
+    assert names == ["protocol_paper/seed1", "protocol_paper/seed0"]
+    # The split files' folder is the protocol's own: no note for it.
+    assert proc.stderr.splitlines() == [
+        "skipped protocol_paper/seed2: no metrics.json",
+        "skipped protocol_paper/seed3: no metrics.json",
+    ]
+    assert find_runs(tmp_path)[1] == [(paper / "seed2", "no metrics.json"),
+                                      (paper / "seed3", "no metrics.json")]  # fmt: skip
+
+
+def test_plot_draws_a_protocol_s_splits_labelled_like_compare(tmp_path: Path) -> None:
+    paper = make_protocol(tmp_path, "protocol_paper", [0, 1])
+    other = make_run(tmp_path, "lr1e-4_seed0", [0.6, 0.7])
+    out = tmp_path / "curves.png"
+    proc = run_cli(PLOT, str(paper), str(other), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "(3 runs)" in proc.stdout
+    runs = [load_run(paper / "seed0"), load_run(paper / "seed1"), load_run(other)]
+    assert plot_metrics.run_labels(runs) == [
+        "protocol_paper/seed0", "protocol_paper/seed1", "lr1e-4_seed0",
+    ]  # fmt: skip
+    legend = [t.get_text() for t in plot_metrics.make_figure(runs).legends[0].get_texts()]
+    assert legend == ["protocol_paper/seed0", "protocol_paper/seed1", "lr1e-4_seed0"]
+
+
+def test_plot_labels_two_machines_copies_of_one_protocol_apart(tmp_path: Path) -> None:
+    a = make_protocol(tmp_path / "machine_a", "protocol_paper", [0])
+    b = make_protocol(tmp_path / "machine_b", "protocol_paper", [0])
+    runs = [load_run(a / "seed0"), load_run(b / "seed0")]
+    assert plot_metrics.run_labels(runs) == [
+        "machine_a/protocol_paper/seed0", "machine_b/protocol_paper/seed0",
+    ]  # fmt: skip
+
+
+def test_plot_notes_an_empty_protocol_folder(tmp_path: Path) -> None:
+    empty = make_protocol(tmp_path, "protocol_empty", [])
+    good = make_run(tmp_path, "good", [0.8])
+    out = tmp_path / "curves.png"
+    assert plot_metrics.main([str(empty), str(good), "-o", str(out)]) == 0
+    proc = run_cli(PLOT, str(empty), "-o", str(out))
+    assert_clean_error(proc, "none of the 1 folders is a run")
+    assert f"skipped {empty}: a protocol folder without any split run folder" in proc.stderr
