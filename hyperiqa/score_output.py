@@ -263,13 +263,13 @@ class OutputFile:
         ``inputs``: files the run reads, which the output must not replace;
         ``window``: rows per write (see ``read_back``)."""
         path, flag = self.path, "--output"
+        if path.is_dir():
+            raise UserError(f"--output {path} is a directory")
         if self.suffix not in FORMATS:
             raise UserError(
                 f"--output {path}: the extension chooses the format: .csv or .jsonl "
                 "(or no --output: tab-separated lines on standard output)"
             )
-        if path.is_dir():
-            raise UserError(f"--output {path} is a directory")
         source = overwritten_input(path, inputs)
         if source is not None:
             raise UserError(f"--output {path} would overwrite the input {source}")
