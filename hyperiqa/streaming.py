@@ -53,6 +53,7 @@ from hyperiqa.scoring import check_finite, per_image_mean
 from pipelines.errors import LoaderError
 from pipelines.factory import make_loader
 from pipelines.images import check_image, ignore_interrupt
+from pipelines.loader import LoaderSettings
 from pipelines.patches import EVAL_SEED, eval_plan
 
 EVAL_WINDOW = 32  # images decoded together (the loader's window); crops do not depend on it
@@ -135,12 +136,16 @@ class ChunkScorer:
         patch_size: int = PATCH_SIZE,
         checks: ImageChecks | None = None,
         on_patches: Callable[[float], None] | None = None,
+        loader_settings: LoaderSettings | None = None,
     ) -> None:
         self.model, self.rt = model, rt
         self.resize, self.patch_num, self.patch_size = resize, patch_num, patch_size
         self.checks, self.on_patches = checks, on_patches
         self.window = rows_window(rt.batch_per_rank, patch_num)
-        self.loader = make_loader(rt.loader, [], rt.loader_settings(resize))
+        # loader_settings: the benchmark's DALI CPU backend on a GPU machine (patches
+        # delivered to the host, then copied to the model's device per batch).
+        settings = loader_settings or rt.loader_settings(resize)
+        self.loader = make_loader(rt.loader, [], settings)
 
     def prepare(self, entries: list[Entry]) -> Prepared:
         """Start the checks of a chunk (in the worker processes, while another chunk scores)."""
@@ -214,6 +219,7 @@ class ChunkScorer:
                 while need:
                     take = min(per_batch, need)
                     images, image_idx = _take(pending, take, batches)
+                    images = images.to(rt.device, non_blocking=True)  # no-op: the same device
                     with torch.inference_mode(), rt.autocast():
                         preds.append(model(rt.prepare_input(images)).float())
                     idx.append(image_idx)
