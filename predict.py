@@ -15,7 +15,8 @@ docs/scoring.md has the whole story; the work is in hyperiqa/collection.py.
 Exit codes: 0 every image scored; 3 finished, but some images could not be
 scored (their rows say why); 1 an error (a bad flag value, checkpoint or
 output) -- before any row, or, later, with the rows so far kept for --resume;
-2 a usage error; 130 interrupted (with --output: continue with --resume).
+2 a usage error; 130 interrupted (with --output: continue with --resume); 141
+standard output closed by its reader (``| head``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ if __name__ == "__main__":  # a command, not an import: Ctrl-C while torch loads
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import sys
 from collections import Counter
@@ -40,11 +42,12 @@ from hyperiqa.collection import Summary, score_collection
 from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.distributed import launched_by_torchrun
 from hyperiqa.errors import USER_ERRORS, report
-from hyperiqa.score_output import OutputFile, ScoreRow
+from hyperiqa.score_output import Done, OutputFile, ScoreRow
 from hyperiqa.stopping import EXIT_INTERRUPTED, Interrupted, StopSignals, report_interrupt
 
 PROG = "predict.py"
 EXIT_SOME_FAILED = 3
+EXIT_BROKEN_PIPE = 141  # the shell's code for a process ended by SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,8 +119,8 @@ class PrintRows:
     """No --output: ``path<TAB>score`` per image on standard output as windows finish;
     an image that cannot be scored is a line on standard error."""
 
-    def prepare(self, inputs: Sequence[Path], window: int) -> Counter:
-        return Counter()
+    def prepare(self, inputs: Sequence[Path], window: int) -> Done:
+        return Done(Counter())
 
     def begin(self) -> None:
         return None
@@ -167,7 +170,8 @@ def summary_line(s: Summary, output: str | None) -> str:
     if s.failed:
         parts.append(f"{s.failed:,} failed (their rows say why)")
     if s.skipped:
-        parts.append(f"{s.skipped:,} already in the output")
+        earlier = f", {s.failed_before:,} of them failed" if s.failed_before else ""
+        parts.append(f"{s.skipped:,} already in the output{earlier}")
     rate = f"{s.seconds:.1f} s, {s.images_per_s:.1f} images/s" if done else f"{s.seconds:.1f} s"
     where = f"; rows in {output}" if output else ""
     ranks = f" on {s.world_size} processes" if s.world_size > 1 else ""
@@ -211,6 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not summary.started:
                 return report_interrupt(PROG)
             summary.stopped = True
+        except BrokenPipeError:
+            # The reader of standard output went away (`| head`): stop quietly, as
+            # command-line tools do; later writes go nowhere instead of failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
     if summary.rank != 0:  # rank 0 speaks for the run
         return EXIT_INTERRUPTED if summary.stopped else 0
     if isinstance(sink, JsonRows):
@@ -227,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo(f"note: {summary.unmatched:,} rows of {args.output} name no input of this run "
              "(scored from other inputs, or another current folder?)")  # fmt: skip
     echo(summary_line(summary, args.output))
-    return EXIT_SOME_FAILED if summary.failed else 0
+    # The file's state, not this run's alone: failed rows a resumed run skipped count.
+    return EXIT_SOME_FAILED if summary.failed or summary.failed_before else 0
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from hyperiqa.inputs import STDIN, Entry, check_lists, iter_entries
 from hyperiqa.model import PATCH_SIZE
 from hyperiqa.progress import progress_bar
 from hyperiqa.runtime import resolve_runtime
-from hyperiqa.score_output import ScoreRow
+from hyperiqa.score_output import Done, ScoreRow
 from hyperiqa.scorer import crop_settings, load_checkpoint
 from hyperiqa.streaming import (
     CHUNK_IMAGES,
@@ -47,7 +47,7 @@ class RowSink(Protocol):
     """Where rank 0 puts the rows: the output file (hyperiqa/score_output.py's
     OutputFile) or predict.py's standard output."""
 
-    def prepare(self, inputs: Sequence[Path], window: int) -> Counter:
+    def prepare(self, inputs: Sequence[Path], window: int) -> Done:
         """Before any work: refuse what cannot be written; the rows already done
         (``window``: the rows written at a time, see score_output.read_back)."""
         ...
@@ -68,6 +68,7 @@ class Summary:
     scored: int = 0
     failed: int = 0
     skipped: int = 0  # already in the output (--resume)
+    failed_before: int = 0  # failed rows the output already held (--resume)
     unmatched: int = 0  # rows of the output that no input named (other inputs?)
     seconds: float = 0.0
     stopped: bool = False  # a stop request ended the run early, at a window boundary
@@ -127,12 +128,16 @@ def score_collection(
 
     def prepare_output() -> None:
         check_lists(lists)
-        reads = [Path(checkpoint), *(Path(x) for x in lists if x != STDIN)]
-        done.update(sink.prepare(reads, window))
+        # What the run reads by name (not the files of folders and lists: unbounded,
+        # and a walk only keeps image extensions, never .csv or .jsonl).
+        reads = [Path(checkpoint), *(Path(x) for x in (*lists, *paths) if x != STDIN)]
+        before = sink.prepare(reads, window)
+        done.update(before.names)
+        summary.failed_before = before.failed
 
-    run_on_main(info, prepare_output)  # a refusal reaches every rank: none waits
     summary = summary if summary is not None else Summary()
     summary.world_size, summary.rank = info.world_size, info.rank
+    run_on_main(info, prepare_output)  # a refusal reaches every rank: none waits
     # Started before the checkpoint loads: the check workers fork a process without CUDA.
     checks = ImageChecks(rt.num_workers)
     scorer: ChunkScorer | None = None

@@ -88,8 +88,8 @@ def _float(score: float | None) -> float | None:
     return None if score is None else float(score)
 
 
-def _check_row(image: object, score: object, error: object) -> str:
-    """The image name of a valid row; BadRow otherwise."""
+def _check_row(image: object, score: object, error: object) -> tuple[str, bool]:
+    """(image name, failed) of a valid row; BadRow otherwise."""
     if not isinstance(image, str) or not image:
         raise BadRow("no image name")
     if (score is None) == (error is None):
@@ -100,10 +100,10 @@ def _check_row(image: object, score: object, error: object) -> str:
         raise BadRow(f"score {score!r} is not a number")
     if error is not None and (not isinstance(error, str) or not error):
         raise BadRow("empty error")
-    return image
+    return image, error is not None
 
 
-def _csv_row(fields: list[str]) -> str:
+def _csv_row(fields: list[str]) -> tuple[str, bool]:
     if len(fields) != 3:
         raise BadRow(f"{len(fields)} fields, not 3 (image,score,error)")
     image, score, error = fields
@@ -114,7 +114,7 @@ def _csv_row(fields: list[str]) -> str:
     return _check_row(image, value, error or None)
 
 
-def _jsonl_row(line: str) -> str:
+def _jsonl_row(line: str) -> tuple[str, bool]:
     try:
         obj = json.loads(line)
     except ValueError as e:  # JSONDecodeError, or a number too long
@@ -127,8 +127,16 @@ def _jsonl_row(line: str) -> str:
 # -- reading an output back (--resume) ---------------------------------------------------
 
 
+class Done(NamedTuple):
+    """What an output already holds: rows per image name, and how many failed."""
+
+    names: Counter
+    failed: int = 0
+
+
 class ReadBack(NamedTuple):
     done: Counter  # image name -> rows kept for it
+    failed: int  # rows kept that hold an error
     keep: int  # bytes to keep: the end of the last row kept (or of the header)
     torn: bool  # a torn last row followed the rows
     dropped: int  # whole rows after ``keep``: the part of a window a kill cut short
@@ -151,11 +159,6 @@ class _Lines:
             yield raw.decode("utf-8", "surrogateescape")
 
 
-class _Rows(NamedTuple):
-    rows: Iterator[tuple[str, int]]  # (image name, offset where its row starts)
-    header: bool
-
-
 def read_back(f: BinaryIO, suffix: str, name: str, window: int = 1) -> ReadBack:
     """Read an existing output (from the start of ``f``); UserError when it is not one
     predict.py wrote (a torn last row is not an error: see the module docstring).
@@ -171,25 +174,27 @@ def read_back(f: BinaryIO, suffix: str, name: str, window: int = 1) -> ReadBack:
     state = {"torn": False, "header": suffix != ".csv", "end": 0}
     rows = _csv_rows(f, name, state) if suffix == ".csv" else _jsonl_rows(f, name, state)
     done: Counter = Counter()
-    recent: deque[tuple[str, int]] = deque(maxlen=max(window, 1))
-    count = 0
-    for image, row_start in rows:
+    recent: deque[tuple[str, int, bool]] = deque(maxlen=max(window, 1))
+    count = failed = 0
+    for image, row_start, row_failed in rows:
         done[image] += 1
-        recent.append((image, row_start))
+        failed += row_failed
+        recent.append((image, row_start, row_failed))
         count += 1
     keep = state["end"]
     dropped = count % window if window > 1 else 0
     if dropped:
         tail = list(recent)[-dropped:]
         keep = tail[0][1]
-        for image, _ in tail:
+        for image, _, row_failed in tail:
+            failed -= row_failed
             done[image] -= 1
             if not done[image]:
                 del done[image]
-    return ReadBack(done, keep, state["torn"], dropped, state["header"])
+    return ReadBack(done, failed, keep, state["torn"], dropped, state["header"])
 
 
-def _jsonl_rows(f: BinaryIO, name: str, state: dict) -> Iterator[tuple[str, int]]:
+def _jsonl_rows(f: BinaryIO, name: str, state: dict) -> Iterator[tuple[str, int, bool]]:
     lines = _Lines(f)
     for line in lines:
         start = state["end"]
@@ -197,13 +202,14 @@ def _jsonl_rows(f: BinaryIO, name: str, state: dict) -> Iterator[tuple[str, int]
             state["torn"] = True
             return
         try:
-            yield _jsonl_row(line), start
+            image, failed = _jsonl_row(line)
+            yield image, start, failed
         except BadRow as e:
             raise _not_ours(name, lines.number, e) from None
         state["end"] = lines.end
 
 
-def _csv_rows(f: BinaryIO, name: str, state: dict) -> Iterator[tuple[str, int]]:
+def _csv_rows(f: BinaryIO, name: str, state: dict) -> Iterator[tuple[str, int, bool]]:
     lines = _Lines(f)
     reader = csv.reader(lines, strict=True)
     first_line = 1
@@ -228,7 +234,8 @@ def _csv_rows(f: BinaryIO, name: str, state: dict) -> Iterator[tuple[str, int]]:
                     raise BadRow(f"the first line is not the header {','.join(CSV_HEADER)}")
                 state["header"] = True
             else:
-                yield _csv_row(fields), start
+                image, failed = _csv_row(fields)
+                yield image, start, failed
         except BadRow as e:
             raise _not_ours(name, first_line, e) from None
         state["end"], first_line = lines.end, lines.number + 1
@@ -254,12 +261,13 @@ class OutputFile:
         self.suffix = self.path.suffix.lower()
         self.encode = encode_csv if self.suffix == ".csv" else encode_jsonl
         self.fd: int | None = None
-        self.back = ReadBack(Counter(), 0, torn=False, dropped=0, header=False)
+        self.created = False  # made by prepare(), not yet begun: close() removes it
+        self.back = ReadBack(Counter(), 0, 0, torn=False, dropped=0, header=False)
         self.existed = False
 
-    def prepare(self, inputs: Sequence[Path] = (), window: int = 1) -> Counter:
+    def prepare(self, inputs: Sequence[Path] = (), window: int = 1) -> Done:
         """Refuse an output that cannot or must not be written, before any work; on
-        --resume read the rows already there. Returns the done set (name -> count).
+        --resume read the rows already there: the done set (rows per name).
         ``inputs``: files the run reads, which the output must not replace;
         ``window``: rows per write (see ``read_back``)."""
         path, flag = self.path, "--output"
@@ -276,7 +284,12 @@ class OutputFile:
         self.existed = os.path.lexists(path)
         if not self.existed:
             check_output_path(path, flag)
-            return Counter()
+            if path.parent.is_dir():
+                # Made now, empty: the surest test that it can be written (a read-only
+                # mount, /proc). Removed again if the run ends before writing (close).
+                self.fd = self._open(os.O_RDWR | os.O_CREAT | os.O_EXCL)
+                self.created = True
+            return Done(Counter())
         if not (self.resume or self.overwrite):
             raise UserError(
                 f"--output {path} exists; add --resume to continue it (skipping the images "
@@ -284,7 +297,7 @@ class OutputFile:
             )
         self.fd = self._open(os.O_RDWR)
         if self.overwrite:
-            return Counter()
+            return Done(Counter())
         try:
             with open(os.dup(self.fd), "rb") as f:
                 self.back = read_back(f, self.suffix, str(path), window)
@@ -294,7 +307,7 @@ class OutputFile:
         except UserError:
             self.close()
             raise
-        return Counter(self.back.done)
+        return Done(Counter(self.back.done), self.back.failed)
 
     def _open(self, flags: int) -> int:
         try:
@@ -321,6 +334,7 @@ class OutputFile:
             if self.fd is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.fd = self._open(os.O_RDWR | os.O_CREAT | os.O_EXCL)
+            self.created = False  # begun: from now on the file is the run's record
             if self.overwrite:
                 os.ftruncate(self.fd, 0)
             elif self.back.torn or self.back.dropped:
@@ -363,10 +377,14 @@ class OutputFile:
             view = view[n:]
 
     def close(self) -> None:
-        """Make the rows durable and release the lock."""
+        """Make the rows durable and release the lock (a file prepare() made for a run
+        that never began writing is removed: it held nothing)."""
         if self.fd is None:
             return
         fd, self.fd = self.fd, None
+        if self.created:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
         with contextlib.suppress(OSError):
             os.fsync(fd)
         os.close(fd)

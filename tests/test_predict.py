@@ -202,6 +202,11 @@ def test_an_existing_output_is_never_overwritten_by_accident(
                                          "--output", str(out), "--overwrite"))  # fmt: skip
     assert_clean_error(proc, "missing.pkl")
     assert out.read_text() == "precious\n"  # a bad checkpoint fails before the output is touched
+    fresh = tmp_path / "fresh.csv"
+    proc = run_cli("predict.py", *flags(tmp_path / "missing.pkl", str(images[0]),
+                                         "--output", str(fresh)))  # fmt: skip
+    assert_clean_error(proc, "missing.pkl")
+    assert not fresh.exists()  # made to test it can be written, removed as nothing was
     assert predict.main(flags(checkpoint, str(images[0]), "--output", str(out), "--overwrite")) == 0
     assert [r["image"] for r in csv_rows(out)] == [str(images[0])]
     for bad, needle in [(tmp_path, "is a directory"), (tmp_path / "x.txt", ".csv or .jsonl")]:
@@ -331,3 +336,14 @@ def test_torchrun_two_processes_write_one_ordered_file(
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert "already in the output" in proc.stderr, proc.stderr
     assert two.read_bytes() == one.read_bytes()
+
+
+def test_a_closed_standard_output_stops_quietly(checkpoint: Path, images: list[Path]) -> None:
+    """`predict.py ... | head -1`: no traceback when the reader goes away."""
+    run = subprocess.Popen([sys.executable, "predict.py", *flags(checkpoint, *map(str, images * 3))],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert run.stdout.readline()
+    run.stdout.close()
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == predict.EXIT_BROKEN_PIPE, err
+    assert b"Traceback" not in err and b"Exception ignored" not in err
