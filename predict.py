@@ -170,7 +170,7 @@ def summary_line(s: Summary, output: str | None) -> str:
     if s.failed:
         parts.append(f"{s.failed:,} failed (their rows say why)")
     if s.skipped:
-        earlier = f", {s.failed_before:,} of them failed" if s.failed_before else ""
+        earlier = f" ({s.failed_before:,} of them failed)" if s.failed_before else ""
         parts.append(f"{s.skipped:,} already in the output{earlier}")
     rate = f"{s.seconds:.1f} s, {s.images_per_s:.1f} images/s" if done else f"{s.seconds:.1f} s"
     where = f"; rows in {output}" if output else ""

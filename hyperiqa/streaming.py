@@ -159,6 +159,7 @@ class ChunkScorer:
         checked = iter(chunk.reasons())
         entries = chunk.entries
         errors = [e.error if e.error is not None else next(checked) for e in entries]
+        errors = [None if e is None else " ".join(e.split()) for e in errors]  # one line each
         size = self.window
         windows = [range(s, min(s + size, len(entries))) for s in range(0, len(entries), size)]
         scores: dict[int, float] = {}
