@@ -259,8 +259,10 @@ def test_a_read_only_place_is_refused(tmp_path: Path) -> None:
 # -- scoring a stream ---------------------------------------------------------------------
 
 
-def chunk_scorer(checkpoint: Path, loader: str, checks: bool = True, batch: int = 4) -> ChunkScorer:
-    rt = resolve_runtime(device="cpu", loader=loader, num_workers=0, batch_size=batch)
+def chunk_scorer(
+    checkpoint: Path, loader: str, checks: bool = True, batch: int = 4, device: str = "cpu"
+) -> ChunkScorer:
+    rt = resolve_runtime(device=device, loader=loader, num_workers=0, batch_size=batch)
     model = load_checkpoint(checkpoint, rt)
     return ChunkScorer(
         model, rt, resize=RESIZE, patch_num=2, checks=ImageChecks(0) if checks else None
@@ -294,6 +296,22 @@ def test_a_file_that_breaks_the_loader_is_a_row_and_the_run_goes_on(
     clean = scored(chunk_scorer(checkpoint, loader), [p for p in paths if p != str(corrupt)])
     ok = [r for r in rows if r.error is None]
     assert np.allclose([r.score for r in ok], [r.score for r in clean], atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not dali_available(), reason="DALI not installed")
+def test_a_file_that_kills_the_gpu_pipeline_is_a_row_and_the_run_goes_on(
+    checkpoint: Path, images: list[Path], tmp_path: Path
+) -> None:
+    """The mixed (GPU) decoder meets a file that is no JPEG (the check skipped): the
+    pipeline dies, the window is redone one image at a time, a fresh pipeline goes on."""
+    bad = tmp_path / "noise.jpg"
+    bad.write_bytes(b"\xff\xd8\xff" + np.random.default_rng(0).bytes(4000))
+    paths = [str(images[0]), str(bad), str(images[1]), str(images[2]), str(images[3])]
+    rows = scored(chunk_scorer(checkpoint, "dali", checks=False, device="cuda"), paths)
+    assert [r.image for r in rows] == paths
+    assert rows[1].score is None and str(bad) in rows[1].error
+    assert all(r.error is None and np.isfinite(r.score) for r in rows if r.image != str(bad))
 
 
 def test_windows_are_whole_batches() -> None:

@@ -347,3 +347,25 @@ def test_a_closed_standard_output_stops_quietly(checkpoint: Path, images: list[P
     _, err = run.communicate(timeout=300)
     assert run.returncode == predict.EXIT_BROKEN_PIPE, err
     assert b"Traceback" not in err and b"Exception ignored" not in err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not dali_available(), reason="DALI not installed")
+def test_gpu_dali_and_pillow_score_a_collection_alike(
+    checkpoint: Path, collection: Path, tmp_path: Path
+) -> None:
+    """On CUDA (bf16): the mixed decoder and Pillow give the same rows and close scores."""
+    results = {}
+    for loader in ("pillow", "dali"):
+        out = tmp_path / f"{loader}.jsonl"
+        argv = flags(checkpoint, str(collection), "--output", str(out))
+        argv[argv.index("--loader") + 1] = loader
+        argv[argv.index("--device") + 1] = "cuda"
+        assert predict.main(argv) == predict.EXIT_SOME_FAILED
+        results[loader] = [json.loads(line) for line in out.read_text().splitlines()]
+    pillow, dali = results["pillow"], results["dali"]
+    assert [(r["image"], r["error"]) for r in pillow] == [(r["image"], r["error"]) for r in dali]
+    pairs = [(p["score"], d["score"]) for p, d in zip(pillow, dali, strict=True) if p["score"]]
+    a, b = np.array(pairs).T
+    assert len(a) == 8 and np.isfinite(b).all()
+    assert np.abs(a - b).max() < 0.25 * a.std()  # bf16 and nvJPEG: looser than on the CPU
