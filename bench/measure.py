@@ -1,17 +1,23 @@
 """The benchmark's measuring engine: what a row feeds, how it is timed, what it reports.
 
-Every row drives a loader through the interface the trainer uses
+Loader and train rows drive a loader through the interface the trainer uses
 (``loader.batches(plan)``): our Pillow and DALI loaders, the original release's
 per-patch scheme (``original_loader.py``) and the synthetic loader (random
 patches already on the device, the model's ceiling). Loader rows consume each
 batch by waiting for it on the device; train rows run the trainer's own
 ``TrainStep`` on it, targets looked up by image index as in training.
+
+Score rows run predict.py's own scorer (hyperiqa/streaming.py: image checks a
+chunk ahead, the loader, forward passes, a host copy per rows window) over the
+files, cycled; ``score/synthetic`` runs it on the synthetic loader without
+checks: forward passes on patches already on the device, the scoring ceiling.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import itertools
 import logging
 import time
 import traceback
@@ -24,8 +30,10 @@ import torch
 
 from hyperiqa.config import DEFAULT_LR, DEFAULT_LR_RATIO, DEFAULT_WEIGHT_DECAY
 from hyperiqa.fit import TrainStep, make_optimizer
+from hyperiqa.inputs import Entry
 from hyperiqa.model import PATCH_SIZE, build_model
 from hyperiqa.runtime import Runtime
+from hyperiqa.streaming import ChunkScorer, ImageChecks, chunk_size, rows_window, stream_rows
 from original_loader import OriginalSchemeLoader
 from pipelines.factory import dali_available, make_loader
 from pipelines.loader import LoaderSettings, PatchLoader
@@ -100,6 +108,7 @@ class Row:
     device: torch.device | None = None  # deliver elsewhere than the runtime's device
     workers: int | None = None  # another Pillow worker count
     cudnn_benchmark: bool | None = None  # None: the runtime's setting (on, on CUDA)
+    score: bool = False  # predict.py's scorer, forward only (a score row)
 
     def decodes_per_image(self, patch_num: int) -> float:
         """By construction: the original scheme decodes per patch, synthetic never, ours once."""
@@ -316,6 +325,115 @@ def _timed_batches(
     }
 
 
+class _RowDone(Exception):
+    """Raised from the scorer's progress callback when a score row has measured enough."""
+
+
+def measure_score(setup: Setup, row: Row) -> dict:
+    """predict.py's scorer over the files (cycled), in images/s after a warm-up.
+
+    Timed per forward batch through the scorer's progress callback (on a CPU a rows
+    window of 96 images takes minutes), from the end of the warm-up to the last
+    batch, the device synchronised at both ends; the images are the batches' patches
+    / patch_num. Checks, decoding and the per-window host copies all run inside.
+    """
+    if row.kind == "dali" and not dali_available():
+        raise Skip("DALI unavailable (nvidia-dali not installed)")
+    model = get_model(setup)
+    was_training = model.training
+    model.eval()
+    rt = dataclasses.replace(setup.rt, loader=row.kind)
+    settings = setup.settings(device=row.device, workers=row.workers)
+    cuda = rt.cuda
+    per_batch = setup.batch_size
+    if setup.warmup is not None:
+        warmup = setup.warmup
+    else:  # CPU: the first batch pays the one-off costs; CUDA: a window's worth
+        warmup = 1 if not cuda else max(2, rows_window(per_batch, setup.patch_num))
+    clock = {"batches": 0, "patches": 0.0, "t0": 0.0, "t1": 0.0}
+    result: dict = {"name": row.name}
+
+    def start() -> None:
+        setup.sync()
+        monitor.begin_measure()
+        clock["t0"] = time.perf_counter()
+
+    def tick(images: float) -> None:
+        clock["batches"] += 1
+        if clock["batches"] == warmup:
+            start()
+        elif clock["batches"] > warmup:
+            clock["patches"] += images * setup.patch_num
+            elapsed = time.perf_counter() - clock["t0"]
+            if elapsed >= setup.seconds or (
+                setup.patch_limit and clock["patches"] >= setup.patch_limit
+            ):
+                setup.sync()
+                clock["t1"] = time.perf_counter()
+                raise _RowDone
+
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(rt.device)
+    with RowMonitor(gpu_used=(lambda: _gpu_used(rt.device)) if cuda else None) as monitor:
+        result["rss_start_mb"] = monitor.rss_start_mb
+        checks = ImageChecks(rt.num_workers) if row.kind != "synthetic" else None
+        scorer = ChunkScorer(
+            model,
+            rt,
+            resize=setup.resize,
+            patch_num=setup.patch_num,
+            patch_size=setup.patch_size,
+            checks=checks,
+            on_patches=tick,
+            loader_settings=settings,
+        )
+        entries = (Entry(str(p)) for p in itertools.cycle(setup.paths))
+        if warmup == 0:
+            start()
+        try:
+            for _ in stream_rows(scorer, entries, chunk_size(scorer.window)):
+                pass
+        except _RowDone:
+            pass
+        finally:
+            monitor.end_measure()
+            scorer.close()
+            if checks is not None:
+                checks.close()
+            model.train(was_training)
+    seconds = clock["t1"] - clock["t0"]
+    pps = clock["patches"] / seconds
+    result.update(
+        {
+            "patches_per_s": _sig(pps),
+            "images_per_s": _sig(pps / setup.patch_num),
+            # By construction: each file is read by its image check and by its decode.
+            # (Not measured: a row on a CPU covers fewer images than one decode window.)
+            "decodes_per_image": 0.0 if row.kind == "synthetic" else 2.0,
+            "decodes_source": "by construction (the image check and the decode)",
+            "seconds": round(seconds, 2),
+            "batches": clock["batches"] - warmup,
+            "patches": int(clock["patches"]),
+            "warmup_batches": warmup,
+            "data_wait_s": None,
+            "compute_s": None,
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated(rt.device) / 2**20, 1)
+            if cuda
+            else None,
+            **monitor.result(),
+            "note": row.note,
+        }
+    )
+    return result
+
+
+def _gpu_used(device: torch.device) -> int:
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free
+
+
 def _sig(x: float, digits: int = 5) -> float:
     return float(f"{x:.{digits}g}")
 
@@ -331,9 +449,12 @@ def run_rows(setup: Setup, rows: list[Row], echo: Callable[[str], None] = print)
     for row in rows:
         echo(f"bench: {row.name} ...")
         try:
-            if row.train:
-                train = train or TrainConsumer(setup)
-            result = measure(setup, row, train if row.train else wait_for_batch)
+            if row.score:
+                result = measure_score(setup, row)
+            else:
+                if row.train:
+                    train = train or TrainConsumer(setup)
+                result = measure(setup, row, train if row.train else wait_for_batch)
         except Skip as e:
             result = {"name": row.name, "skipped": str(e)}
         except Exception as e:
@@ -355,7 +476,9 @@ def _short(row: dict) -> str:
 def add_ratios(results: list[dict]) -> None:
     by_name = {r["name"]: r for r in results}
     for r in results:
-        ref = "train/synthetic" if r["name"].startswith("train/") else "loader/original"
+        ref = {"train": "train/synthetic", "score": "score/synthetic"}.get(
+            r["name"].split("/")[0], "loader/original"
+        )
         base = by_name.get(ref, {}).get("patches_per_s")
         r["ratio_to"] = ref
         r["ratio"] = None

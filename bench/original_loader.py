@@ -60,6 +60,9 @@ class OriginalSchemeLoader:
     def __init__(self, paths: Sequence[Path], settings: LoaderSettings) -> None:
         self.paths, self.settings = list(paths), settings
 
+    def use_paths(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
     def batches(self, plan: PatchPlan) -> Iterator[PatchBatch]:
         s = self.settings
         items = DataLoader(

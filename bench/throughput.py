@@ -17,6 +17,11 @@ Rows (each measured after a warm-up, for ``--seconds``):
   off (``-cudnn-on`` instead under ``--no_cudnn_benchmark``): what the autotuner buys.
 - ``train/pillow`` and ``train/dali-gpu`` (CUDA) or ``train/dali-cpu`` (CPU):
   the same step fed by the loader.
+- ``score/synthetic``: predict.py's scorer (eval-mode forward passes, a host copy
+  per rows window) on patches already on the device: the scoring ceiling.
+- ``score/pillow``, ``score/dali-cpu``, ``score/dali-gpu`` (CUDA): predict.py's
+  scorer over the files (image checks, decoding, forward), in images/s at
+  ``--patch_num`` crops, each with its ratio to ``score/synthetic``.
 
 Input: KonIQ-like 1024x768 JPEGs generated once into ``--data_dir`` by
 scripts/make_demo_dataset.py (reused by later runs), or a real metadata JSON.
@@ -256,7 +261,12 @@ def row_plan(args: argparse.Namespace, cuda: bool) -> list[Row]:
     rows += [
         Row("train/pillow", "pillow", train=True),
         Row("train/dali-gpu" if cuda else "train/dali-cpu", "dali", train=True),
+        Row("score/synthetic", "synthetic", train=False, score=True, note="forward only"),
+        Row("score/pillow", "pillow", train=False, score=True),
+        Row("score/dali-cpu", "dali", train=False, score=True, note=cpu_note, device=cpu),
     ]
+    if cuda:
+        rows.append(Row("score/dali-gpu", "dali", train=False, score=True))
     if args.only:
         prefixes = [p.strip() for p in args.only.split(",") if p.strip()]
         rows = [r for r in rows if any(r.name.startswith(p) for p in prefixes)]
@@ -330,7 +340,8 @@ def environment(s: Setup, args: argparse.Namespace, load_start: tuple[float, ...
 
 
 NOTES = {
-    "ratio": "train rows: patches/s over train/synthetic; loader rows: over loader/original",
+    "ratio": "train rows: patches/s over train/synthetic; score rows: over score/synthetic; "
+    "loader rows: over loader/original",
     "images_per_s": "patches/s / patch_num (an epoch cuts patch_num patches per image)",
     "decodes_per_image": (
         "measured as file bytes read (rchar of this process and its workers) / mean JPEG "
@@ -389,6 +400,30 @@ def loader_ratio(results: list[dict]) -> dict:
     return {"rows": what, "ratio": round(ratio, 4), "warn": warn, "line": line}
 
 
+# What scoring a collection may lose to its loader: predict.py's scorer fed by files
+# over the same scorer fed by patches already on the device.
+SCORE_RATIO_GOALS = {"score/pillow": 0.8, "score/dali-gpu": 0.95}
+
+
+def score_ratios(results: list[dict], cuda: bool) -> list[str]:
+    """One line per scoring goal: the loader row's images/s over score/synthetic's
+    (Pillow's goal is the CPU's, DALI's the GPU's)."""
+    rows = {r["name"]: r for r in results}
+    base = rows.get("score/synthetic", {}).get("images_per_s")
+    lines = []
+    for name, goal in SCORE_RATIO_GOALS.items():
+        if (name == "score/pillow") == cuda or name not in rows:
+            continue  # Pillow's goal is for the CPU, DALI's for a GPU
+        value = rows[name].get("images_per_s")
+        if not value or not base:
+            lines.append(f"{name} ÷ score/synthetic: not measured")
+            continue
+        ratio = value / base
+        mark = "" if ratio >= goal else "WARN "
+        lines.append(f"{mark}{name} ÷ score/synthetic: {ratio:.3f} (goal >= {goal})")
+    return lines
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -405,7 +440,7 @@ def format_table(env: dict, results: list[dict]) -> str:
         f"data: {env['data']}",
     ]
     cols = (
-        f"{'row':<26} {'patches/s':>10} {'speed-up':>15} {'decodes':>8} "
+        f"{'row':<26} {'patches/s':>10} {'images/s':>9} {'speed-up':>15} {'decodes':>8} "
         f"{'data wait':>10} {'peak RSS':>9} {'GPU mem':>8} {'KonIQ 16 ep':>11}"
     )
     lines = [*head, "", cols, "-" * len(cols)]
@@ -414,7 +449,11 @@ def format_table(env: dict, results: list[dict]) -> str:
             what = "skipped" if r.get("skipped") else "FAILED"
             lines.append(f"{r['name']:<26} {what}: {r.get('skipped') or r.get('error')}")
             continue
-        base = {"train/synthetic": "synthetic", "loader/original": "original"}[r["ratio_to"]]
+        base = {
+            "train/synthetic": "synthetic",
+            "score/synthetic": "synthetic",
+            "loader/original": "original",
+        }[r["ratio_to"]]
         ratio = f"{r['ratio']:.2f}x {base}" if r["ratio"] is not None else "-"
         est = f"{r['est_koniq_16ep_h']:.1f} h" if r.get("est_koniq_16ep_h") else "-"
         rss = f"{r['peak_rss_mb']:.0f} MB" if r.get("peak_rss_mb") is not None else "-"
@@ -422,14 +461,15 @@ def format_table(env: dict, results: list[dict]) -> str:
         # A loader row waits for batches all the time by design: only training's wait matters.
         wait = f"{r['data_wait_s']:.2f} s" if r["name"].startswith("train/") else "-"
         lines.append(
-            f"{r['name']:<26} {r['patches_per_s']:>10.1f} {ratio:>15} "
+            f"{r['name']:<26} {r['patches_per_s']:>10.1f} {r['images_per_s']:>9.2f} {ratio:>15} "
             f"{_fmt(r['decodes_per_image'], '.2f'):>8} {wait:>10} "
             f"{rss:>9} {gpu:>8} {est:>11}"
         )
     lines += [
         "",
         "speed-up: loader rows vs loader/original, train rows vs train/synthetic (the model's "
-        "ceiling). decodes: measured file reads per delivered image.",
+        "ceiling), score rows vs score/synthetic. decodes: measured file reads per delivered "
+        "image (score rows: the image check reads it too).",
         "data wait (train rows): GPU idle time between steps on CUDA (CUDA events), "
         "host time blocked on the next batch on the CPU.",
         "KonIQ 16 ep: " + NOTES["est_koniq_16ep_h"] + ".",
@@ -461,9 +501,17 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(format_table(env, results))
         print(ratio["line"])
+        for line in score_ratios(results, s.rt.cuda):
+            print(line)
         if args.json:
             out = Path(args.json)
-            report_json = {"env": env, "results": results, "loader_ratio": ratio, "notes": NOTES}
+            report_json = {
+                "env": env,
+                "results": results,
+                "loader_ratio": ratio,
+                "score_ratios": score_ratios(results, s.rt.cuda),
+                "notes": NOTES,
+            }
             write_json_output(out, report_json, "--json")
             print(f"\nwrote {out}")
         failed = [r["name"] for r in results if r.get("error")]

@@ -4,7 +4,7 @@
     scores = Scorer("best_model.pkl").score(["a.jpg", "b.png"])
 
 The public names are ``Scorer`` (load a checkpoint, score paths, PIL images or
-tensors), ``HyperNet`` (the model, with the original release's state_dict
+tensors; ``Scorer.stream`` a collection of files as rows), ``HyperNet`` (the model, with the original release's state_dict
 layout) and ``UserError`` (what a bad input raises). They are imported on
 first use, so ``import hyperiqa`` and the light tools that use its torch-free
 modules start instantly.

@@ -123,3 +123,28 @@ def run_on_main(info: DistInfo, fn: Callable[[], T]) -> T:
     if kind == "error":
         raise UserError(str(value))
     return value  # type: ignore[return-value]
+
+
+def on_all_ranks(info: DistInfo, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every rank (loading a checkpoint each rank needs); when it raises
+    a UserError on any rank, every rank raises it, so none waits forever for the
+    others at their next collective call."""
+    if not info.enabled:
+        return fn()
+    value: T | None = None
+    error: str | None = None
+    failure: Exception | None = None
+    try:
+        value = fn()
+    except UserError as e:
+        error = str(e)
+    except Exception as e:  # a bug: let every rank stop, keep this rank's traceback
+        error, failure = f"rank {info.rank} failed: {type(e).__name__}: {e}", e
+    errors: list[str | None] = [None] * info.world_size
+    dist.all_gather_object(errors, error)
+    if failure is not None:
+        raise failure
+    first = next((e for e in errors if e), None)
+    if first is not None:
+        raise UserError(first)
+    return value  # type: ignore[return-value]

@@ -13,7 +13,7 @@ import io
 import json
 import numbers
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +30,11 @@ from hyperiqa.arg_types import (
 )
 from hyperiqa.check_data import find_problems, problems_message
 from hyperiqa.errors import JSON_ERRORS, UserError, json_problem
+from hyperiqa.inputs import Entry
 from hyperiqa.model import PATCH_SIZE, HyperNet, ModelLoadError, load_hypernet
 from hyperiqa.runtime import Runtime, resolve_runtime
 from hyperiqa.scoring import check_finite, per_image_mean, predict_patches
+from hyperiqa.streaming import ChunkScorer, ImageChecks, chunk_size, stream_rows
 from pipelines.factory import make_loader
 from pipelines.images import check_image, load_rgb, resize_rgb
 from pipelines.loader import normalize_uint8
@@ -274,6 +276,33 @@ class Scorer:
             return np.zeros(0)
         return check_finite(np.concatenate(scores))
 
+    def stream(
+        self, paths: Iterable[str | os.PathLike]
+    ) -> Iterator[tuple[str, float | None, str | None]]:
+        """Score image files as a stream: ``(path, score, None)`` per file, or
+        ``(path, None, reason)`` for one that cannot be scored, in input order.
+
+            for path, score, error in scorer.stream(open("paths.txt").read().split()):
+                ...
+
+        ``paths`` may be any iterable, a generator of millions included: it is read a
+        chunk (about a thousand paths) ahead and results come a window of images at
+        a time, so memory does not grow with it. A bad file is a row, never an
+        exception. Scores are ``score``'s (and predict.py's with ``--loader
+        pillow``), up to float rounding of other batch sizes (about 1e-7).
+        """
+        if isinstance(paths, str | bytes | os.PathLike) or not isinstance(paths, Iterable):
+            raise UserError(f"paths must be an iterable of file paths, got {type(paths).__name__}")
+        scorer = ChunkScorer(
+            self.model, self.rt, resize=self.resize, patch_num=self.patch_num, checks=ImageChecks(0)
+        )
+        entries = (Entry(_path_text(p, i)) for i, p in enumerate(paths))
+        try:
+            for rows in stream_rows(scorer, entries, chunk_size(scorer.window)):
+                yield from (tuple(row) for row in rows)
+        finally:
+            scorer.close()
+
     def _score_patches(self, patches: list[np.ndarray]) -> np.ndarray:
         """The mean prediction per image over its ``patch_num`` patches."""
         preds = []
@@ -290,6 +319,14 @@ class Scorer:
         plan = self.plan
         resized = resize_rgb(_as_rgb(image, i), self.resize)
         return cut_patches(resized, plan.tops[0], plan.lefts[0], plan.flips[0], PATCH_SIZE)
+
+
+def _path_text(path: object, i: int) -> str:
+    if isinstance(path, str | os.PathLike):
+        text = os.fspath(path)
+        if isinstance(text, str):
+            return text
+    raise UserError(f"path {i}: a file path was expected, got {type(path).__name__}")
 
 
 def _is_numbers(images: object) -> bool:

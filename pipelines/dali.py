@@ -454,6 +454,13 @@ class DaliLoader:
         # Building a pipeline is expensive: one per graph shape, reused every epoch.
         self._pipelines: dict[_GraphKey, _WindowPipeline] = {}
 
+    def use_paths(self, paths: Sequence[Path]) -> None:
+        # The built pipelines stay (building one takes far longer than a window);
+        # they read files through self.paths, now the new list.
+        self.paths = [Path(p) for p in paths]
+        for pipe in self._pipelines.values():
+            pipe.paths = self.paths
+
     def _pipeline(self, plan: PatchPlan) -> _WindowPipeline:
         key = _GraphKey(plan.window, plan.patches_per_image, plan.patch_size)
         pipe = self._pipelines.get(key)

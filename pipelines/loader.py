@@ -14,8 +14,9 @@ image, and whoever holds the scores (the trainer, the metrics) looks them up.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -54,6 +55,12 @@ class PatchLoader(Protocol):
     name: str
 
     def batches(self, plan: PatchPlan) -> Iterator[PatchBatch]: ...
+
+    def use_paths(self, paths: Sequence[Path]) -> None:
+        """Read another list of images from the next plan on, keeping what the loader
+        built (DALI's pipelines): a collection is scored a chunk of paths at a time.
+        Only between plans, never while a plan's batches are being consumed."""
+        ...
 
     def close(self) -> None: ...
 

@@ -83,6 +83,9 @@ class PillowLoader:
         self.paths = list(paths)
         self.settings = settings
 
+    def use_paths(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)  # each plan starts its own DataLoader over self.paths
+
     def _windows(self, plan: PatchPlan) -> Iterator[torch.Tensor]:
         settings = self.settings
         images = DataLoader(

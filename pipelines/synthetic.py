@@ -42,6 +42,9 @@ class SyntheticLoader:
             ]
         return self._pool[k % POOL_BATCHES]
 
+    def use_paths(self, paths: Sequence[Path]) -> None:
+        self.num_images = len(paths)
+
     def batches(self, plan: PatchPlan) -> Iterator[PatchBatch]:
         batch_size, device = self.settings.batch_size, self.settings.device
         # The image of every patch in delivery order, as the real loaders deliver them.

@@ -66,8 +66,9 @@ def test_rows_present_and_measured(bench_run):
     data, stdout = bench_run
     rows = {r["name"]: r for r in data["results"]}
     expected = ["loader/original", "loader/pillow", "train/synthetic", "train/pillow"]
+    expected += ["score/synthetic", "score/pillow"]
     if dali_available():
-        expected += ["loader/dali-cpu", "train/dali-cpu"]
+        expected += ["loader/dali-cpu", "train/dali-cpu", "score/dali-cpu"]
     for name in expected:
         assert name in rows, name
         row = rows[name]
@@ -75,7 +76,7 @@ def test_rows_present_and_measured(bench_run):
         assert row["patches_per_s"] > 0 and row["seconds"] > 0
         assert row["images_per_s"] == pytest.approx(row["patches_per_s"] / 2, rel=1e-3)
         assert name in stdout
-    assert "loader/dali-gpu" not in rows and "train/dali-gpu" not in rows  # CUDA only
+    assert not {"loader/dali-gpu", "train/dali-gpu", "score/dali-gpu"} & set(rows)  # CUDA only
     assert rows["loader/original"]["decodes_by_construction"] == 2
     assert rows["loader/pillow"]["decodes_by_construction"] == 1
 
@@ -98,12 +99,30 @@ def test_ratios_consistent(bench_run):
     for row in data["results"]:
         if row.get("skipped") or row.get("error"):
             continue
-        ref = "train/synthetic" if row["name"].startswith("train/") else "loader/original"
+        kind = row["name"].split("/")[0]
+        ref = {"train": "train/synthetic", "score": "score/synthetic"}.get(kind, "loader/original")
         assert row["ratio_to"] == ref
         expected = row["patches_per_s"] / rows[ref]["patches_per_s"]
         assert row["ratio"] == pytest.approx(expected, rel=1e-3)
     assert rows["train/synthetic"]["ratio"] == 1.0
     assert rows["loader/original"]["ratio"] == 1.0
+    assert rows["score/synthetic"]["ratio"] == 1.0
+
+
+def test_the_score_rows_run_predict_s_scorer_and_say_their_ratio(bench_run):
+    data, stdout = bench_run
+    rows = {r["name"]: r for r in data["results"]}
+    pillow = rows["score/pillow"]
+    assert pillow["images_per_s"] > 0 and pillow["batches"] >= 1
+    # The image check and the decode each read the file once.
+    assert pillow["decodes_per_image"] == 2
+    assert rows["score/synthetic"]["decodes_per_image"] == 0
+    want = pillow["images_per_s"] / rows["score/synthetic"]["images_per_s"]
+    line = next(
+        ln for ln in data["score_ratios"] if ln.startswith(("score/pillow", "WARN score/pillow"))
+    )
+    assert f"{want:.3f}" in line and "goal >= 0.8" in line
+    assert line in stdout.splitlines()
 
 
 def test_the_loader_ratio_is_printed_and_in_the_json(bench_run):

@@ -41,7 +41,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CHECKPOINTS = PurePosixPath("../checkpoints")  # where train.py puts runs by default
 DEMO_IMAGES = PurePosixPath(config.DEMO_ROOT.as_posix()) / "images"
 # Tools of other projects: their commands are shown, not checked.
-OTHER_TOOLS = {"git", "cd", "source", "pip", "nvidia-smi"}
+OTHER_TOOLS = {"git", "cd", "source", "pip", "nvidia-smi", "find"}
 # Flags of those tools that the docs mention in running text.
 OTHER_FLAGS = {"--index-url", "--dry-run", "--report", "--standalone", "--nproc_per_node"}
 ELIDED = "..."  # "and your other flags"

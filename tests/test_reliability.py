@@ -452,7 +452,10 @@ def test_ctrl_c_in_evaluate_and_predict_is_one_line(
     def interrupted(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tool, "score_files", interrupted)
+    # predict.py scores through score_collection: interrupted before it began writing.
+    monkeypatch.setattr(
+        tool, "score_files" if tool is evaluate else "score_collection", interrupted
+    )
     image = good / read_json(good / "demo.json")[0]["image"]
     argv = ["--checkpoint", str(unfinished / "best_model.pkl"), "--device", "cpu"]
     argv += (
