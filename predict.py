@@ -42,6 +42,7 @@ from hyperiqa.collection import Summary, score_collection
 from hyperiqa.config import add_scoring_flags, parse_scoring_args, scoring_options
 from hyperiqa.distributed import launched_by_torchrun
 from hyperiqa.errors import USER_ERRORS, report
+from hyperiqa.run_folder import shell_path
 from hyperiqa.score_output import Done, OutputFile, ScoreRow
 from hyperiqa.stopping import EXIT_INTERRUPTED, Interrupted, StopSignals, report_interrupt
 
@@ -161,7 +162,8 @@ def resume_command(argv: Sequence[str]) -> str:
     kept = [a for a in argv if a != "--overwrite"]
     if "--resume" not in kept:
         kept.append("--resume")
-    return shlex.join(["python", PROG, *kept])
+    # This interpreter and this file as seen from here: it works as printed, from here.
+    return shlex.join([shell_path(Path(sys.executable)), shell_path(Path(__file__)), *kept])
 
 
 def summary_line(s: Summary, output: str | None) -> str:

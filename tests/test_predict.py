@@ -270,7 +270,8 @@ def test_ctrl_c_stops_at_a_window_with_the_command_to_resume(
 ) -> None:
     out = tmp_path / "out.csv"
     argv = flags(checkpoint, str(collection), "--output", str(out), "--chunk_images", "2")
-    run = subprocess.Popen([sys.executable, "predict.py", *argv], cwd=ROOT,
+    # Started from another folder: the printed command must work from there.
+    run = subprocess.Popen([sys.executable, str(ROOT / "predict.py"), *argv], cwd=tmp_path,
                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_for_rows(out, 2, run)
     run.send_signal(signal.SIGINT)
@@ -278,10 +279,11 @@ def test_ctrl_c_stops_at_a_window_with_the_command_to_resume(
     assert run.returncode == 130, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert "interrupted after" in last and "continue with: python predict.py" in last
+    assert "interrupted after" in last and f"continue with: {sys.executable} {ROOT}" in last
     assert last.endswith("--resume")
     assert out.read_bytes().endswith(b"\n")  # stopped between windows: no torn row
-    proc = run_cli(*shlex.split(last.split("continue with: ")[1])[1:])
+    command = shlex.split(last.split("continue with: ")[1])
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == predict.EXIT_SOME_FAILED, proc.stderr
     names = [r["image"] for r in csv_rows(out)]
     assert len(names) == len(set(names)) == 10  # each image once
