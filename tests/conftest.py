@@ -118,6 +118,18 @@ def make_dataset(root: Path, num_images: int, size: tuple[int, int] = (240, 256)
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny-backbone HyperNet (seed 0), alone in its folder (no args.json):
+    for tests of scoring, not of the architecture."""
+    from hyperiqa.model import HyperNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pkl"
+    torch.save(HyperNet(backbone="tiny").state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six 240x256 JPEGs with scores; returns the dataset root (JSON at root/demo.json)."""
     root = tmp_path_factory.mktemp("tiny")

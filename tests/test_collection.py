@@ -10,13 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import hyperiqa
 from hyperiqa.errors import UserError
 from hyperiqa.inputs import Entry, check_lists, iter_entries
-from hyperiqa.model import HyperNet
 from hyperiqa.runtime import resolve_runtime
 from hyperiqa.score_output import OutputFile, ScoreRow, encode_csv, encode_jsonl
 from hyperiqa.scorer import load_checkpoint
@@ -28,11 +26,8 @@ RESIZE = (240, 256)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pkl"
-    torch.save(HyperNet(backbone="tiny").state_dict(), path)
-    return path
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

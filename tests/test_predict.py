@@ -16,23 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import predict
-from hyperiqa.model import HyperNet
 from hyperiqa.scorer import score_files
 from pipelines.factory import dali_available
 from tests.conftest import ROOT, assert_clean_error, make_dataset, run_cli
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The tiny backbone: the same code paths, a quarter of the CPU time.
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pkl"
-    torch.save(HyperNet(backbone="tiny").state_dict(), path)
-    return path
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -289,22 +283,32 @@ def test_ctrl_c_stops_at_a_window_with_the_command_to_resume(
     assert len(names) == len(set(names)) == 10  # each image once
 
 
-@pytest.mark.skipif(not dali_available(), reason="DALI not installed")
-def test_dali_and_pillow_give_the_same_rows(
-    checkpoint: Path, collection: Path, tmp_path: Path
-) -> None:
+def pillow_and_dali_scores(
+    checkpoint: Path, collection: Path, tmp_path: Path, device: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The collection scored with each loader: the same rows (names, errors) in the
+    same order; returns the 8 good images' scores, Pillow's and DALI's."""
     results = {}
     for loader in ("pillow", "dali"):
         out = tmp_path / f"{loader}.jsonl"
         argv = flags(checkpoint, str(collection), "--output", str(out))
         argv[argv.index("--loader") + 1] = loader
+        argv[argv.index("--device") + 1] = device
         assert predict.main(argv) == predict.EXIT_SOME_FAILED
         results[loader] = [json.loads(line) for line in out.read_text().splitlines()]
     pillow, dali = results["pillow"], results["dali"]
     assert [(r["image"], r["error"]) for r in pillow] == [(r["image"], r["error"]) for r in dali]
     pairs = [(p["score"], d["score"]) for p, d in zip(pillow, dali, strict=True) if p["score"]]
     assert len(pairs) == 8
-    a, b = np.array(pairs).T
+    pillow_scores, dali_scores = np.array(pairs).T
+    return pillow_scores, dali_scores
+
+
+@pytest.mark.skipif(not dali_available(), reason="DALI not installed")
+def test_dali_and_pillow_give_the_same_rows(
+    checkpoint: Path, collection: Path, tmp_path: Path
+) -> None:
+    a, b = pillow_and_dali_scores(checkpoint, collection, tmp_path, "cpu")
     # The decoders and resizers differ by a fraction of a grey level (tests/test_dali.py):
     # the scores by much less than they differ between images.
     assert np.abs(a - b).max() < 0.1 * a.std()
@@ -359,17 +363,6 @@ def test_gpu_dali_and_pillow_score_a_collection_alike(
     checkpoint: Path, collection: Path, tmp_path: Path
 ) -> None:
     """On CUDA (bf16): the mixed decoder and Pillow give the same rows and close scores."""
-    results = {}
-    for loader in ("pillow", "dali"):
-        out = tmp_path / f"{loader}.jsonl"
-        argv = flags(checkpoint, str(collection), "--output", str(out))
-        argv[argv.index("--loader") + 1] = loader
-        argv[argv.index("--device") + 1] = "cuda"
-        assert predict.main(argv) == predict.EXIT_SOME_FAILED
-        results[loader] = [json.loads(line) for line in out.read_text().splitlines()]
-    pillow, dali = results["pillow"], results["dali"]
-    assert [(r["image"], r["error"]) for r in pillow] == [(r["image"], r["error"]) for r in dali]
-    pairs = [(p["score"], d["score"]) for p, d in zip(pillow, dali, strict=True) if p["score"]]
-    a, b = np.array(pairs).T
-    assert len(a) == 8 and np.isfinite(b).all()
+    a, b = pillow_and_dali_scores(checkpoint, collection, tmp_path, "cuda")
+    assert np.isfinite(b).all()
     assert np.abs(a - b).max() < 0.25 * a.std()  # bf16 and nvJPEG: looser than on the CPU

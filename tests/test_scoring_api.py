@@ -16,18 +16,13 @@ from PIL import Image
 
 import hyperiqa
 import predict
-from hyperiqa.model import HyperNet
 from hyperiqa.scorer import crop_settings
 from tests.conftest import ROOT, make_dataset, read_json
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    path = folder / "model.pkl"
-    torch.save(HyperNet(backbone="tiny").state_dict(), path)  # the scoring, not the architecture
-    return path
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
