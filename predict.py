@@ -33,7 +33,7 @@ import os
 import shlex
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -123,7 +123,7 @@ class PrintRows:
     def prepare(self, inputs: Sequence[Path], window: int) -> Done:
         return Done(Counter())
 
-    def begin(self) -> None:
+    def begin(self, settings: Mapping[str, object]) -> None:
         return None
 
     def write(self, rows: Sequence[ScoreRow]) -> None:

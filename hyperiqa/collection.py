@@ -15,15 +15,17 @@ output already holds, and writes every rank's rows in input order
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from hyperiqa.arg_types import format_resize
 from hyperiqa.distributed import on_all_ranks, run_on_main
 from hyperiqa.inputs import STDIN, Entry, check_lists, iter_entries
 from hyperiqa.model import PATCH_SIZE
@@ -52,8 +54,9 @@ class RowSink(Protocol):
         (``window``: the rows written at a time, see score_output.read_back)."""
         ...
 
-    def begin(self) -> str | None:
-        """After the checkpoint loaded: start writing; a line to say, or None."""
+    def begin(self, settings: Mapping[str, object]) -> str | None:
+        """After the checkpoint loaded: start writing rows scored with ``settings``
+        (a --resume'd file must hold rows scored the same way); a line to say, or None."""
         ...
 
     def write(self, rows: Sequence[ScoreRow]) -> None: ...
@@ -159,7 +162,15 @@ def score_collection(
             # One rank's batches say little about all ranks': there the bar moves per round.
             on_patches=None if info.enabled else bar.update,
         )
-        repaired = run_on_main(info, sink.begin)  # rank 0 opens the output; all hear if it fails
+        settings = {
+            "checkpoint_sha256": _sha256(checkpoint) if info.is_main else "",
+            "resize": format_resize(resize),
+            "patch_num": patch_num,
+            "patch_size": patch_size,
+            "loader": rt.loader,
+        }
+        # Rank 0 opens the output; all ranks hear if that fails.
+        repaired = run_on_main(info, lambda: sink.begin(settings))
         summary.started = True
         if repaired:
             say(repaired)
@@ -193,6 +204,16 @@ def score_collection(
         if info.is_main:
             sink.close()
     return summary
+
+
+def _sha256(path: str | Path) -> str:
+    """The checkpoint's identity in the output's settings (a retrained model at the
+    same path is another model)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _skip_done(entries: Iterable[Entry], done: Counter, summary: Summary) -> Iterator[Entry]:

@@ -24,6 +24,9 @@ The file is also the run's record for ``--resume``:
   its occurrences as the file already holds, so it ends with the rows of an
   uninterrupted run. Failed rows count as done (their reason is in the file).
 - One writer at a time: the file is locked (``flock``) while a run has it open.
+- What the rows were scored with (the checkpoint's hash, the crops, the loader)
+  is kept beside the file (``scores.csv.settings.json``, written before the first
+  row): ``--resume`` with other settings is refused, so one file never mixes two.
 - Names that are not UTF-8 (bytes a file system allows) round-trip: CSV keeps
   their raw bytes, JSONL writes them as ``\\udcXX`` escapes (valid JSON either way).
 
@@ -41,15 +44,21 @@ import json
 import math
 import os
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from hyperiqa.atomic import WriteError, check_output_path, overwritten_input
+from hyperiqa.atomic import WriteError, check_output_path, overwritten_input, write_json_atomic
 from hyperiqa.errors import UserError
 
 CSV_HEADER = ("image", "score", "error")
 FORMATS = (".csv", ".jsonl")
+SETTINGS_SUFFIX = ".settings.json"
+
+
+def settings_record(output: Path) -> Path:
+    """Where an output's scoring settings are kept: scores.csv -> scores.csv.settings.json."""
+    return output.with_name(output.name + SETTINGS_SUFFIX)
 
 
 class ScoreRow(NamedTuple):
@@ -325,10 +334,13 @@ class OutputFile:
             pass  # a file system without locks: carry on unlocked
         return fd
 
-    def begin(self) -> str | None:
-        """After the model loaded: start writing. A torn last row is cut off, an
-        --overwrite'd file emptied, a new file made (with its folder). Returns a line
-        saying what was repaired, or None."""
+    def begin(self, settings: Mapping[str, object]) -> str | None:
+        """After the model loaded: start writing. On --resume the rows there must have
+        been scored with ``settings`` (else refused, the file unchanged); then a torn
+        last row is cut off, an --overwrite'd file emptied, a new file made (with its
+        folder), and ``settings`` recorded. Returns a line saying what was repaired, or None."""
+        if self.back.done:
+            self._check_settings(settings)
         said = None
         try:
             if self.fd is None:
@@ -354,7 +366,30 @@ class OutputFile:
                 self._write_all((",".join(CSV_HEADER) + "\n").encode())
         except OSError as e:
             raise WriteError(f"cannot write --output {self.path}: {e.strerror or e}") from None
+        write_json_atomic(settings_record(self.path), dict(settings))
         return said
+
+    def _check_settings(self, settings: Mapping[str, object]) -> None:
+        """--resume: refuse to add rows scored otherwise than the ones there."""
+        record = settings_record(self.path)
+        try:
+            recorded = json.loads(record.read_bytes())
+        except FileNotFoundError:
+            recorded = None
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {record}: {getattr(e, 'strerror', None) or e}") from None
+        if not isinstance(recorded, dict):
+            raise UserError(
+                f"--output {self.path}: {record} does not say what its rows were scored "
+                "with; not resuming (--overwrite starts the file again)"
+            )
+        for name, value in settings.items():
+            if recorded.get(name) != value:
+                raise UserError(
+                    f"--output {self.path} was scored with {name} {recorded.get(name)}, this "
+                    f"run with {value}: resuming would mix the two in one file (use the same "
+                    "checkpoint and flags, or another --output). Nothing was changed"
+                )
 
     def write(self, rows: Sequence[ScoreRow]) -> None:
         """Append ``rows`` (one window's, in input order) and hand them to the OS."""

@@ -4,6 +4,7 @@ file that breaks the loader, and Scorer.stream."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -16,7 +17,13 @@ import hyperiqa
 from hyperiqa.errors import UserError
 from hyperiqa.inputs import Entry, check_lists, iter_entries
 from hyperiqa.runtime import resolve_runtime
-from hyperiqa.score_output import OutputFile, ScoreRow, encode_csv, encode_jsonl
+from hyperiqa.score_output import (
+    OutputFile,
+    ScoreRow,
+    encode_csv,
+    encode_jsonl,
+    settings_record,
+)
 from hyperiqa.scorer import load_checkpoint
 from hyperiqa.streaming import ChunkScorer, ImageChecks, rows_window, stream_rows
 from pipelines.factory import dali_available
@@ -117,10 +124,13 @@ ROWS = [
 ]
 
 
+SETTINGS = {"checkpoint_sha256": "ab12", "resize": "240x256", "patch_num": 1, "loader": "pillow"}
+
+
 def written(path: Path, rows=ROWS) -> bytes:
     out = OutputFile(path)
     out.prepare()
-    out.begin()
+    out.begin(SETTINGS)
     out.write(rows)
     out.close()
     return path.read_bytes()
@@ -158,7 +168,7 @@ def test_a_cut_at_any_byte_resumes_to_whole_rows(tmp_path: Path, suffix: str) ->
         path.write_bytes(full[:cut])
         out = OutputFile(path, resume=True)
         done = out.prepare().names
-        out.begin()
+        out.begin(SETTINGS)
         kept = path.read_bytes()
         whole = max([e for e in ends if e <= cut], default=0)
         assert kept == full[: max(whole, ends[0] if suffix == ".csv" else 0)], cut
@@ -174,11 +184,61 @@ def test_resume_drops_the_rows_of_a_window_cut_short(tmp_path: Path) -> None:
     full = written(path)
     out = OutputFile(path, resume=True)
     done = out.prepare(window=2).names  # 5 rows: windows of 2, 2, 1; the last is scored again
-    said = out.begin()
+    said = out.begin(SETTINGS)
     out.close()
     assert sum(done.values()) == 4 and done["é.png"] == 0
     assert "1 rows after the last whole window" in said
     assert full.startswith(path.read_bytes()) and path.read_bytes().endswith(b"49.0,\n")
+
+
+@pytest.mark.parametrize(
+    ("record", "refusal"),
+    [
+        ({**SETTINGS, "patch_num": 25}, "was scored with patch_num 25, this run with 1"),
+        ({**SETTINGS, "checkpoint_sha256": "cd34"}, "was scored with checkpoint_sha256 cd34"),
+        ({k: v for k, v in SETTINGS.items() if k != "loader"}, "scored with loader None"),
+        (None, "does not say what its rows were scored with"),  # no record
+        (b"{not json", "cannot read .*settings.json"),
+        ([1, 2], "does not say what its rows were scored with"),
+    ],
+)
+def test_resume_with_other_settings_is_refused_and_changes_nothing(
+    tmp_path: Path, record: object, refusal: str
+) -> None:
+    """One file never mixes scores of two checkpoints or crop settings."""
+    path = tmp_path / "out.csv"
+    written(path)
+    full = path.read_bytes()
+    path.write_bytes(full[:-3])  # and a torn last row, which a resume would cut off
+    kept = settings_record(path)
+    if record is None:
+        kept.unlink()
+    else:
+        kept.write_bytes(record if isinstance(record, bytes) else json.dumps(record).encode())
+    before = kept.read_bytes() if kept.exists() else None
+    out = OutputFile(path, resume=True)
+    out.prepare()
+    with pytest.raises(UserError, match=refusal):
+        out.begin(SETTINGS)
+    out.close()
+    assert path.read_bytes() == full[:-3]
+    assert (kept.read_bytes() if kept.exists() else None) == before
+
+
+def test_the_settings_are_recorded_before_the_first_row(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    out = OutputFile(path)
+    out.prepare()
+    out.begin(SETTINGS)
+    assert json.loads(settings_record(path).read_text()) == SETTINGS
+    assert path.read_bytes() == b""
+    out.close()
+    # A resume of an output with no rows yet has nothing to mix: it records its own.
+    again = OutputFile(path, resume=True)
+    again.prepare()
+    again.begin({**SETTINGS, "patch_num": 2})
+    again.close()
+    assert json.loads(settings_record(path).read_text())["patch_num"] == 2
 
 
 @pytest.mark.parametrize(
@@ -233,7 +293,7 @@ def test_the_output_is_refused_before_any_work(tmp_path: Path) -> None:
     assert existing.read_bytes() == b"keep me"
     with pytest.raises(UserError, match="being written by another run"):
         OutputFile(existing, overwrite=True).prepare()  # the first one holds the lock
-    out.begin()
+    out.begin(SETTINGS)
     out.close()
     assert existing.read_bytes() == b"image,score,error\n"
 

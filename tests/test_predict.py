@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import predict
+from hyperiqa.model import HyperNet
 from hyperiqa.scorer import score_files
 from pipelines.factory import dali_available
 from tests.conftest import ROOT, assert_clean_error, make_dataset, run_cli
@@ -208,6 +210,29 @@ def test_an_existing_output_is_never_overwritten_by_accident(
     for bad, needle in [(tmp_path, "is a directory"), (tmp_path / "x.txt", ".csv or .jsonl")]:
         assert_clean_error(run_cli("predict.py", *flags(checkpoint, str(images[0]),
                                                         "--output", str(bad))), needle)  # fmt: skip
+
+
+def test_resume_with_other_crops_or_checkpoint_is_refused(
+    checkpoint: Path, images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "scores.csv"
+    assert predict.main(flags(checkpoint, *map(str, images[:2]), "--output", str(out))) == 0
+    full = out.read_bytes()
+    other = tmp_path / "other.pkl"
+    torch.manual_seed(1)
+    torch.save(HyperNet(backbone="tiny").state_dict(), other)
+    capsys.readouterr()
+    for argv, needle in [
+        (flags(checkpoint, *map(str, images), "--patch_num", "2"), "patch_num 1, this run with 2"),
+        (flags(other, *map(str, images)), "checkpoint_sha256"),
+    ]:
+        assert predict.main([*argv, "--output", str(out), "--resume"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert needle in err[-1] and "Nothing was changed" in err[-1]
+        assert out.read_bytes() == full
+    # The same settings resume: the third image is added.
+    assert predict.main(flags(checkpoint, *map(str, images), "--output", str(out), "--resume")) == 0
+    assert [r["image"] for r in csv_rows(out)] == [str(p) for p in images]
 
 
 def wait_for_rows(path: Path, rows: int, proc: subprocess.Popen, timeout: float = 120) -> None:
