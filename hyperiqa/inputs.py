@@ -63,7 +63,12 @@ def iter_entries(
 def expand(path: str, note: Callable[[str], None]) -> Iterator[Entry]:
     """A folder's images (walked), or the path itself."""
     if _is_dir(path):
-        yield from walk(path, note)
+        found = False
+        for entry in walk(path, note):
+            found = True
+            yield entry
+        if not found:  # a wrong folder, or images with other extensions: say so
+            note(f"no image files in folder {path} (nor below it)")
     else:
         yield Entry(path)
 

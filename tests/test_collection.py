@@ -65,6 +65,16 @@ def test_a_folder_is_walked_sorted_recursively_keeping_image_extensions(tmp_path
     assert len(notes) == 1 and "symlink loop" in notes[0] and "loop" in notes[0]
 
 
+def test_a_folder_without_images_is_said(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("x")
+    notes: list[str] = []
+    assert entries_of(str(tmp_path / "empty"), str(tmp_path / "docs"), notes=notes) == []
+    assert [n.split()[-4] for n in notes] == [str(tmp_path / "empty"), str(tmp_path / "docs")]
+    assert all(n.startswith("no image files in folder") for n in notes)
+
+
 def test_an_unlistable_folder_is_an_entry_with_its_error(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         pytest.skip("root lists every folder")
