@@ -109,6 +109,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parse_scoring_args(parser, argv)
     if not args.images and not args.lists:
         parser.error("give images or folders to score, or --list FILE")
+    if "" in args.images:
+        parser.error("an empty image path was given (an unset shell variable?)")
     if (args.resume or args.overwrite) and not args.output:
         parser.error("--resume and --overwrite are about an --output file")
     if args.json and args.output:

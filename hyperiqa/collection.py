@@ -16,6 +16,8 @@ output already holds, and writes every rank's rows in input order
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import threading
 import time
 from collections import Counter
@@ -27,6 +29,7 @@ from typing import Protocol
 
 from hyperiqa.arg_types import format_resize
 from hyperiqa.distributed import on_all_ranks, run_on_main
+from hyperiqa.errors import UserError
 from hyperiqa.inputs import STDIN, Entry, check_lists, iter_entries
 from hyperiqa.model import PATCH_SIZE
 from hyperiqa.progress import progress_bar
@@ -141,16 +144,17 @@ def score_collection(
     summary = summary if summary is not None else Summary()
     summary.world_size, summary.rank = info.world_size, info.rank
     run_on_main(info, prepare_output)  # a refusal reaches every rank: none waits
-    # Started before the checkpoint loads: the check workers fork a process without CUDA.
-    checks = ImageChecks(rt.num_workers)
+    checks: ImageChecks | None = None
     scorer: ChunkScorer | None = None
     bar = None
     try:
+        # Started before the checkpoint loads: the check workers fork a process without CUDA.
+        checks = ImageChecks(rt.num_workers)
         model = on_all_ranks(info, lambda: load_checkpoint(checkpoint, rt))
         say(rt.loader_reason)
         show = progress and info.is_main
         bar = progress_bar(desc="scoring", unit="img", show=show)
-        if show and STDIN not in lists:
+        if show and all(_rereadable(x) for x in lists):
             _count_in_background(paths, lists, bar, already=sum(done.values()))
         scorer = ChunkScorer(
             model,
@@ -163,14 +167,15 @@ def score_collection(
             on_patches=None if info.enabled else bar.update,
         )
         settings = {
-            "checkpoint_sha256": _sha256(checkpoint) if info.is_main else "",
             "resize": format_resize(resize),
             "patch_num": patch_num,
             "patch_size": patch_size,
             "loader": rt.loader,
         }
         # Rank 0 opens the output; all ranks hear if that fails.
-        repaired = run_on_main(info, lambda: sink.begin(settings))
+        repaired = run_on_main(
+            info, lambda: sink.begin({"checkpoint_sha256": _sha256(checkpoint), **settings})
+        )
         summary.started = True
         if repaired:
             say(repaired)
@@ -200,7 +205,8 @@ def score_collection(
             bar.close()
         if scorer is not None:
             scorer.close()
-        checks.close()
+        if checks is not None:
+            checks.close()
         if info.is_main:
             sink.close()
     return summary
@@ -210,10 +216,22 @@ def _sha256(path: str | Path) -> str:
     """The checkpoint's identity in the output's settings (a retrained model at the
     same path is another model)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     return digest.hexdigest()
+
+
+def _rereadable(listed: str) -> bool:
+    """A --list the progress bar's count may read a second time: a regular file, not
+    standard input or a pipe (a second reader would take lines from the run)."""
+    try:
+        return listed != STDIN and stat.S_ISREG(os.stat(listed).st_mode)
+    except OSError:
+        return False
 
 
 def _skip_done(entries: Iterable[Entry], done: Counter, summary: Summary) -> Iterator[Entry]:

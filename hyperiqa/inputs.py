@@ -168,10 +168,12 @@ def check_lists(lists: Sequence[str]) -> None:
     for listed in lists:
         if listed == STDIN:
             continue
-        if os.path.isdir(listed):
-            raise UserError(f"--list {listed} is a folder; give it as an argument to walk it")
         try:
-            with open(listed, "rb"):
-                pass
+            mode = os.stat(listed).st_mode
+            if stat.S_ISDIR(mode):
+                raise UserError(f"--list {listed} is a folder; give it as an argument to walk it")
+            if stat.S_ISREG(mode):  # not a pipe: opening and closing one ends its writer
+                with open(listed, "rb"):
+                    pass
         except OSError as e:
             raise UserError(f"cannot read --list {listed}: {e.strerror or e}") from None

@@ -77,12 +77,19 @@ class BadRow(ValueError):
 
 
 def encode_csv(rows: Sequence[ScoreRow]) -> bytes:
+    # The writer quotes a field holding a character of its line terminator: with
+    # "\r\n", a name with a bare "\r" is quoted too (with "\n" it was written bare,
+    # and read back as a broken row). Each row then ends in "\n" alone.
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csv.writer(buf, lineterminator="\r\n")
+    lines = []
     for row in rows:
         score = "" if row.score is None else repr(float(row.score))
         writer.writerow([row.image, score, row.error or ""])
-    return buf.getvalue().encode("utf-8", "surrogateescape")
+        lines.append(buf.getvalue()[:-2] + "\n")
+        buf.seek(0)
+        buf.truncate()
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 def encode_jsonl(rows: Sequence[ScoreRow]) -> bytes:
@@ -272,7 +279,7 @@ class OutputFile:
         self.fd: int | None = None
         self.created = False  # made by prepare(), not yet begun: close() removes it
         self.back = ReadBack(Counter(), 0, 0, torn=False, dropped=0, header=False)
-        self.existed = False
+        self.had_rows = False  # on --resume: the file held rows (their settings must match)
 
     def prepare(self, inputs: Sequence[Path] = (), window: int = 1) -> Done:
         """Refuse an output that cannot or must not be written, before any work; on
@@ -290,8 +297,7 @@ class OutputFile:
         source = overwritten_input(path, inputs)
         if source is not None:
             raise UserError(f"--output {path} would overwrite the input {source}")
-        self.existed = os.path.lexists(path)
-        if not self.existed:
+        if not os.path.lexists(path):
             check_output_path(path, flag)
             if path.parent.is_dir():
                 # Made now, empty: the surest test that it can be written (a read-only
@@ -316,7 +322,11 @@ class OutputFile:
         except UserError:
             self.close()
             raise
-        return Done(Counter(self.back.done), self.back.failed)
+        # Handed over, not copied (it can hold millions of names); begin() needs only
+        # to know whether the file held rows.
+        done, self.back = self.back.done, self.back._replace(done=Counter())
+        self.had_rows = bool(done)
+        return Done(done, self.back.failed)
 
     def _open(self, flags: int) -> int:
         try:
@@ -339,7 +349,7 @@ class OutputFile:
         been scored with ``settings`` (else refused, the file unchanged); then a torn
         last row is cut off, an --overwrite'd file emptied, a new file made (with its
         folder), and ``settings`` recorded. Returns a line saying what was repaired, or None."""
-        if self.back.done:
+        if self.had_rows:
             self._check_settings(settings)
         said = None
         try:
@@ -420,6 +430,13 @@ class OutputFile:
         if self.created:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
-        with contextlib.suppress(OSError):
+        try:
             os.fsync(fd)
-        os.close(fd)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # a file that cannot be synced
+                raise WriteError(
+                    f"could not write --output {self.path} to disk: {e.strerror or e}; "
+                    "rerun with --resume to check and complete it"
+                ) from None
+        finally:
+            os.close(fd)

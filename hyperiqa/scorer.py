@@ -34,14 +34,12 @@ from hyperiqa.inputs import Entry
 from hyperiqa.model import PATCH_SIZE, HyperNet, ModelLoadError, load_hypernet
 from hyperiqa.runtime import Runtime, resolve_runtime
 from hyperiqa.scoring import check_finite, per_image_mean, predict_patches
-from hyperiqa.streaming import ChunkScorer, ImageChecks, chunk_size, stream_rows
+from hyperiqa.streaming import EVAL_WINDOW, ChunkScorer, ImageChecks, chunk_size, stream_rows
 from pipelines.factory import make_loader
 from pipelines.images import check_image, load_rgb, resize_rgb
 from pipelines.loader import normalize_uint8
 from pipelines.patches import DEFAULT_PATCHES_PER_IMAGE, DEFAULT_RESIZE, EVAL_SEED, eval_plan
 from pipelines.pillow import cut_patches
-
-EVAL_WINDOW = 32  # images decoded together; crops do not depend on it
 
 
 def load_checkpoint(path: str | Path, rt: Runtime) -> HyperNet:

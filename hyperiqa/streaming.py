@@ -185,7 +185,7 @@ class ChunkScorer:
                 # the loader's message), then the next windows as a new plan. The
                 # loader rebuilds a dead DALI pipeline for it. With decoding ahead the
                 # culprit may sit in a later window: that one then fails in its turn.
-                for i in good[0]:
+                for i in [i for i in windows[w] if errors[i] is None]:  # this window's
                     try:
                         (one,) = self._scores([entries[i].path], [1])
                         scores[i] = float(one[0])
@@ -322,20 +322,29 @@ def stream_rows_distributed(
     stop = stop or StopFlag()
     it = iter(entries) if info.is_main and entries is not None else iter(())
 
-    def deal() -> list[list[Entry]] | None:
-        if not info.is_main:
-            return None
-        return [list(islice(it, size)) for _ in range(info.world_size)]
+    def deal() -> list[list[Entry]]:
+        """Rank 0 reads the next chunk of each rank; a failure to read the input (a
+        --list deleted since its check) reaches every rank, so none waits for rows."""
+        hands: tuple[list[list[Entry]] | None, str | None] = (None, None)
+        if info.is_main:
+            try:
+                hands = ([list(islice(it, size)) for _ in range(info.world_size)], None)
+            except USER_ERRORS as e:
+                hands = (None, str(e))
+        dealt, error = _broadcast(hands)
+        if error is not None:
+            raise UserError(error)
+        return dealt
 
-    hand = _broadcast(deal())
+    hand = deal()
     prepared = scorer.prepare(hand[info.rank])
     while any(hand):
-        following = _broadcast(deal())
-        prepared_next = scorer.prepare(following[info.rank])
+        following = deal()
         rows: list[ScoreRow] = []
         error: str | None = None
         failure: Exception | None = None
         try:
+            prepared_next = scorer.prepare(following[info.rank])
             rows = [row for window in scorer.rows(prepared) for row in window]
         except USER_ERRORS as e:
             error = str(e)

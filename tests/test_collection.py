@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import hyperiqa
+from hyperiqa.collection import _rereadable
 from hyperiqa.errors import UserError
 from hyperiqa.inputs import Entry, check_lists, iter_entries
 from hyperiqa.runtime import resolve_runtime
@@ -123,6 +124,20 @@ def test_bad_lists_fail_before_any_work(tmp_path: Path) -> None:
         check_lists(["-", "-"])
 
 
+def test_a_pipe_given_as_a_list_is_read_once(tmp_path: Path) -> None:
+    """``--list <(find ...)`` or a named pipe: the check must not open it (opening
+    blocks, closing ends its writer) and the progress bar's count must not read it
+    a second time (it would take lines from the run)."""
+    fifo = tmp_path / "paths.fifo"
+    os.mkfifo(fifo)
+    check_lists([str(fifo)])  # returns at once: no writer is needed
+    listed = tmp_path / "paths.txt"
+    listed.write_text("a.jpg\n")
+    assert _rereadable(str(listed))
+    assert not _rereadable(str(fifo)) and not _rereadable("-")
+    assert not _rereadable(str(tmp_path / "gone.txt"))
+
+
 # -- the output read back -------------------------------------------------------------------
 
 ROWS = [
@@ -131,6 +146,7 @@ ROWS = [
     ScoreRow(os.fsdecode(b"\xff.jpg"), 1e-9, None),
     ScoreRow("a.jpg", 49.0, None),
     ScoreRow("é.png", 3.0, None),
+    ScoreRow("carriage\rreturn.jpg", 2.5, None),  # quoted, like a name with a newline
 ]
 
 
@@ -193,11 +209,11 @@ def test_resume_drops_the_rows_of_a_window_cut_short(tmp_path: Path) -> None:
     path = tmp_path / "out.csv"
     full = written(path)
     out = OutputFile(path, resume=True)
-    done = out.prepare(window=2).names  # 5 rows: windows of 2, 2, 1; the last is scored again
+    done = out.prepare(window=4).names  # 6 rows: windows of 4, 2; the last is scored again
     said = out.begin(SETTINGS)
     out.close()
     assert sum(done.values()) == 4 and done["é.png"] == 0
-    assert "1 rows after the last whole window" in said
+    assert "2 rows after the last whole window" in said
     assert full.startswith(path.read_bytes()) and path.read_bytes().endswith(b"49.0,\n")
 
 
@@ -354,13 +370,18 @@ def test_a_file_that_breaks_the_loader_is_a_row_and_the_run_goes_on(
     the loader's message, everything else its usual score."""
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(images[0].read_bytes()[:300])
-    paths = [str(images[0]), str(images[1]), str(corrupt), str(images[2]), str(images[3])]
-    rows = scored(chunk_scorer(checkpoint, loader, checks=False), paths)
-    assert [r.image for r in rows] == paths
-    assert rows[2].score is None and str(corrupt) in rows[2].error
-    clean = scored(chunk_scorer(checkpoint, loader), [p for p in paths if p != str(corrupt)])
-    ok = [r for r in rows if r.error is None]
-    assert np.allclose([r.score for r in ok], [r.score for r in clean], atol=1e-6)
+    good = [str(p) for p in images[:4]]
+    # Rows windows of 2 images, decode windows of EVAL_WINDOW (32): the culprit in the
+    # chunk's first window, and in the second decode window (met many rows windows in).
+    for at in (2, 40):
+        paths = [*(good * 10)[:at], str(corrupt), *good]
+        rows = scored(chunk_scorer(checkpoint, loader, checks=False), paths, chunk=64)
+        assert [r.image for r in rows] == paths
+        assert rows[at].score is None and str(corrupt) in rows[at].error
+        clean = scored(chunk_scorer(checkpoint, loader), [p for p in paths if p != str(corrupt)])
+        ok = [r for r in rows if r.error is None]
+        assert len(ok) == len(paths) - 1
+        assert np.allclose([r.score for r in ok], [r.score for r in clean], atol=1e-6)
 
 
 @pytest.mark.gpu

@@ -212,6 +212,13 @@ def test_an_existing_output_is_never_overwritten_by_accident(
                                                         "--output", str(bad))), needle)  # fmt: skip
 
 
+def test_an_empty_path_is_refused(checkpoint: Path, images: list[Path]) -> None:
+    """An unset shell variable ("$DIR") would otherwise be a row no --resume reads."""
+    with pytest.raises(SystemExit) as stop:
+        predict.parse_args(flags(checkpoint, str(images[0]), ""))
+    assert stop.value.code == 2
+
+
 def test_resume_with_other_crops_or_checkpoint_is_refused(
     checkpoint: Path, images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
