@@ -15,6 +15,7 @@ output already holds, and writes every rank's rows in input order
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -189,7 +190,9 @@ def score_collection(
         else:
             stream = stream_rows(scorer, entries, size, flag)
         start = time.perf_counter()
-        with deferring():
+        # closing(): an error here closes the stream at once, which lets the other
+        # ranks go (hyperiqa/streaming.py) instead of waiting for the next chunk.
+        with deferring(), contextlib.closing(stream):
             for rows in stream:
                 sink.write(rows)
                 failed = sum(row.error is not None for row in rows)

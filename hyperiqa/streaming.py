@@ -357,10 +357,18 @@ def stream_rows_distributed(
         first_error = next((g[2] for g in gathered if g and g[2]), None)
         if first_error:
             raise UserError(first_error)
+        ending = any(g[1] for g in gathered if g)  # a rank was asked to stop
         if info.is_main:
-            for rank_rows, _, _ in gathered:  # type: ignore[misc]
-                yield rank_rows
-        if any(g[1] for g in gathered if g):
+            try:
+                for rank_rows, _, _ in gathered:  # type: ignore[misc]
+                    yield rank_rows
+            except GeneratorExit:
+                # Rank 0's consumer failed (a full disk, standard output closed, a
+                # second Ctrl-C): the other ranks wait in the next deal; release them.
+                if any(following) and not ending:
+                    _broadcast((None, "rank 0 stopped; its message says why"))
+                raise
+        if ending:
             stop.stopped = True
             return
         hand, prepared = following, prepared_next

@@ -389,6 +389,26 @@ def test_a_closed_standard_output_stops_quietly(checkpoint: Path, images: list[P
     assert b"Traceback" not in err and b"Exception ignored" not in err
 
 
+@pytest.mark.slow
+def test_rank_0_stopping_early_releases_the_other_ranks(
+    checkpoint: Path, images: list[Path]
+) -> None:
+    """`torchrun ... predict.py ... | head -1`: rank 0 stops on the closed pipe; the other
+    rank, waiting for its next chunk, ends with one line instead of a traceback."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    argv = flags(checkpoint, *map(str, images * 8), "--chunk_images", "2")
+    argv[argv.index("--batch_size") + 1] = "4"  # 2 per rank
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.Popen([*cmd, "predict.py", *argv], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert run.stdout.readline()
+    run.stdout.close()
+    _, err = run.communicate(timeout=300)
+    assert run.returncode != 0  # torchrun reports rank 0's exit code 141 as a failure
+    assert b"rank 0 stopped; its message says why" in err
+    assert b"[rank1]: Traceback" not in err and b"[rank0]: Traceback" not in err
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not dali_available(), reason="DALI not installed")
 def test_gpu_dali_and_pillow_score_a_collection_alike(
