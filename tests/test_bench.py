@@ -81,6 +81,7 @@ def test_rows_present_and_measured(bench_run):
     assert rows["loader/pillow"]["decodes_by_construction"] == 1
 
 
+@pytest.mark.slow
 def test_json_schema(bench_run):
     data, _ = bench_run
     assert set(data["env"]) >= ENV_KEYS
@@ -93,6 +94,7 @@ def test_json_schema(bench_run):
         assert row["peak_gpu_mb"] is None  # CPU run
 
 
+@pytest.mark.slow
 def test_ratios_consistent(bench_run):
     data, _ = bench_run
     rows = {r["name"]: r for r in data["results"]}
@@ -109,6 +111,7 @@ def test_ratios_consistent(bench_run):
     assert rows["score/synthetic"]["ratio"] == 1.0
 
 
+@pytest.mark.slow
 def test_the_score_rows_run_predict_s_scorer_and_say_their_ratio(bench_run):
     data, stdout = bench_run
     rows = {r["name"]: r for r in data["results"]}
@@ -125,6 +128,7 @@ def test_the_score_rows_run_predict_s_scorer_and_say_their_ratio(bench_run):
     assert line in stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_the_loader_ratio_is_printed_and_in_the_json(bench_run):
     data, stdout = bench_run
     if not dali_available():
@@ -191,6 +195,7 @@ def test_a_failing_close_is_logged_in_one_line(tmp_path, monkeypatch, caplog):
     assert record.exc_info is None
 
 
+@pytest.mark.slow
 def test_koniq_estimate_for_train_rows(bench_run):
     data, _ = bench_run
     for row in data["results"]:

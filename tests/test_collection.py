@@ -361,6 +361,7 @@ LOADERS = ["pillow", pytest.param("dali", marks=pytest.mark.skipif(
     not dali_available(), reason="DALI not installed"))]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", LOADERS)
 def test_a_file_that_breaks_the_loader_is_a_row_and_the_run_goes_on(
     checkpoint: Path, images: list[Path], tmp_path: Path, loader: str

@@ -169,6 +169,7 @@ def _as_fp32(p: TargetNetParams) -> TargetNetParams:
     )
 
 
+@pytest.mark.slow  # ResNet-50: the architecture is under test
 def test_bf16_autocast_keeps_scores_in_fp32(x3: torch.Tensor) -> None:
     """Under bf16 autocast the backbone and hyper network run in bf16, but the target
     net and so every score stay fp32: bf16 alone would round a score near 70 to a

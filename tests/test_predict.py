@@ -188,6 +188,7 @@ def test_folders_and_lists_score_every_image_in_order(
     assert "11 images scored, 3 failed (their rows say why)" in err and str(out) in err
 
 
+@pytest.mark.slow
 def test_an_existing_output_is_never_overwritten_by_accident(
     checkpoint: Path, images: list[Path], tmp_path: Path
 ) -> None:
@@ -378,6 +379,7 @@ def test_torchrun_two_processes_write_one_ordered_file(
     assert two.read_bytes() == one.read_bytes()
 
 
+@pytest.mark.slow
 def test_a_closed_standard_output_stops_quietly(checkpoint: Path, images: list[Path]) -> None:
     """`predict.py ... | head -1`: no traceback when the reader goes away."""
     run = subprocess.Popen([sys.executable, "predict.py", *flags(checkpoint, *map(str, images * 3))],

@@ -595,6 +595,7 @@ def test_spaq_rerun_remakes_a_copy_of_a_replaced_source(tmp_path: Path) -> None:
     assert copy.getpixel((10, 10))[2] > 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "no_record", "other_method", "tampered"])
 def test_spaq_copies_without_a_usable_record_are_made_again(tmp_path: Path, damage: str) -> None:
     """Copies whose record is unreadable, absent (an older version made them),

@@ -120,6 +120,7 @@ def test_official_sets_give_train_val_test(tmp_path: Path) -> None:
     assert lines[0] == "[" and lines[-1] == "]" and len(lines) == 4
 
 
+@pytest.mark.slow
 def test_official_split_of_the_full_release(tmp_path: Path) -> None:
     sets = ["training"] * 7058 + ["validation"] * 1000 + ["test"] * 2015
     names = make_koniq(tmp_path / "koniq10k", len(sets), sets=sets)
