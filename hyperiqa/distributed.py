@@ -125,6 +125,12 @@ def run_on_main(info: DistInfo, fn: Callable[[], T]) -> T:
     return value  # type: ignore[return-value]
 
 
+def fail_on_main(info: DistInfo, message: str) -> None:
+    """Rank 0 only, in place of its next ``run_on_main``: the other ranks, waiting in
+    theirs, raise ``UserError(message)`` instead of waiting for rank 0 forever."""
+    dist.broadcast_object_list([("error", message)], src=0)
+
+
 def on_all_ranks(info: DistInfo, fn: Callable[[], T]) -> T:
     """Run ``fn`` on every rank (loading a checkpoint each rank needs); when it raises
     a UserError on any rank, every rank raises it, so none waits forever for the

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hyperiqa.distributed import DistInfo
+from hyperiqa.distributed import DistInfo, fail_on_main, run_on_main
 from hyperiqa.errors import USER_ERRORS, UserError
 from hyperiqa.inputs import Entry
 from hyperiqa.model import PATCH_SIZE
@@ -323,18 +323,9 @@ def stream_rows_distributed(
     it = iter(entries) if info.is_main and entries is not None else iter(())
 
     def deal() -> list[list[Entry]]:
-        """Rank 0 reads the next chunk of each rank; a failure to read the input (a
+        """The next chunk of each rank, read by rank 0; a failure to read the input (a
         --list deleted since its check) reaches every rank, so none waits for rows."""
-        hands: tuple[list[list[Entry]] | None, str | None] = (None, None)
-        if info.is_main:
-            try:
-                hands = ([list(islice(it, size)) for _ in range(info.world_size)], None)
-            except USER_ERRORS as e:
-                hands = (None, str(e))
-        dealt, error = _broadcast(hands)
-        if error is not None:
-            raise UserError(error)
-        return dealt
+        return run_on_main(info, lambda: [list(islice(it, size)) for _ in range(info.world_size)])
 
     hand = deal()
     prepared = scorer.prepare(hand[info.rank])
@@ -366,15 +357,9 @@ def stream_rows_distributed(
                 # Rank 0's consumer failed (a full disk, standard output closed, a
                 # second Ctrl-C): the other ranks wait in the next deal; release them.
                 if any(following) and not ending:
-                    _broadcast((None, "rank 0 stopped; its message says why"))
+                    fail_on_main(info, "rank 0 stopped; its message says why")
                 raise
         if ending:
             stop.stopped = True
             return
         hand, prepared = following, prepared_next
-
-
-def _broadcast(obj: object) -> object:
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
