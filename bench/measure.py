@@ -169,16 +169,7 @@ def get_model(setup: Setup) -> torch.nn.Module:
 
 def measure(setup: Setup, row: Row, consume: Callable) -> dict:
     """Warm up, then feed ``consume`` for ``setup.seconds``; one result row."""
-    cuda, device = setup.rt.cuda, setup.rt.device
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-    def gpu_used() -> int:
-        free, total = torch.cuda.mem_get_info(device)
-        return total - free
-
+    _start_memory_afresh(setup.rt)
     result: dict = {"name": row.name}
     window_batches = setup.patch_num  # a shuffle window: batch_size images x patch_num patches
     # A row may run with cuDNN's autotuner the other way round; the next row gets
@@ -189,18 +180,16 @@ def measure(setup: Setup, row: Row, consume: Callable) -> dict:
     rt.apply_backend_flags()
     result["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     try:
-        result.update(_measure_row(setup, row, consume, window_batches, gpu_used))
+        result.update(_measure_row(setup, row, consume, window_batches))
     finally:
         setup.rt.apply_backend_flags()
     return result
 
 
-def _measure_row(
-    setup: Setup, row: Row, consume: Callable, window_batches: int, gpu_used: Callable
-) -> dict:
+def _measure_row(setup: Setup, row: Row, consume: Callable, window_batches: int) -> dict:
     cuda, device = setup.rt.cuda, setup.rt.device
     result: dict = {}
-    with RowMonitor(gpu_used=gpu_used if cuda else None) as monitor:
+    with RowMonitor(gpu_used=(lambda: _gpu_used(device)) if cuda else None) as monitor:
         result["rss_start_mb"] = monitor.rss_start_mb
         loader = open_loader(setup, row)
         it = endless(setup, loader, device)
@@ -372,10 +361,7 @@ def measure_score(setup: Setup, row: Row) -> dict:
                 clock["t1"] = time.perf_counter()
                 raise _RowDone
 
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(rt.device)
+    _start_memory_afresh(rt)
     with RowMonitor(gpu_used=(lambda: _gpu_used(rt.device)) if cuda else None) as monitor:
         result["rss_start_mb"] = monitor.rss_start_mb
         checks = ImageChecks(rt.num_workers) if row.kind != "synthetic" else None
@@ -427,6 +413,14 @@ def measure_score(setup: Setup, row: Row) -> dict:
         }
     )
     return result
+
+
+def _start_memory_afresh(rt: Runtime) -> None:
+    """Before a row: what earlier rows left is freed, and the GPU peak is the row's own."""
+    gc.collect()
+    if rt.cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(rt.device)
 
 
 def _gpu_used(device: torch.device) -> int:

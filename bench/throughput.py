@@ -498,10 +498,11 @@ def main(argv: list[str] | None = None) -> int:
                 row.setdefault(key, None)
         env = environment(s, args, load_start)
         ratio = loader_ratio(results)
+        score_lines = score_ratios(results, s.rt.cuda)
         print()
         print(format_table(env, results))
         print(ratio["line"])
-        for line in score_ratios(results, s.rt.cuda):
+        for line in score_lines:
             print(line)
         if args.json:
             out = Path(args.json)
@@ -509,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                 "env": env,
                 "results": results,
                 "loader_ratio": ratio,
-                "score_ratios": score_ratios(results, s.rt.cuda),
+                "score_ratios": score_lines,
                 "notes": NOTES,
             }
             write_json_output(out, report_json, "--json")
