@@ -33,7 +33,7 @@ import os
 import shlex
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -125,8 +125,8 @@ class PrintRows:
     def prepare(self, inputs: Sequence[Path], window: int) -> Done:
         return Done(Counter())
 
-    def begin(self, settings: Mapping[str, object]) -> None:
-        return None
+    def begin(self, settings: Callable[[], Mapping[str, object]]) -> None:
+        return None  # nothing recorded: the checkpoint is not read again
 
     def write(self, rows: Sequence[ScoreRow]) -> None:
         for row in rows:

@@ -58,9 +58,10 @@ class RowSink(Protocol):
         (``window``: the rows written at a time, see score_output.read_back)."""
         ...
 
-    def begin(self, settings: Mapping[str, object]) -> str | None:
-        """After the checkpoint loaded: start writing rows scored with ``settings``
-        (a --resume'd file must hold rows scored the same way); a line to say, or None."""
+    def begin(self, settings: Callable[[], Mapping[str, object]]) -> str | None:
+        """After the checkpoint loaded: start writing rows scored with ``settings()``
+        (a --resume'd file must hold rows scored the same way; a sink that keeps no
+        record need not ask: it costs a read of the checkpoint); a line to say, or None."""
         ...
 
     def write(self, rows: Sequence[ScoreRow]) -> None: ...
@@ -167,16 +168,18 @@ def score_collection(
             # One rank's batches say little about all ranks': there the bar moves per round.
             on_patches=None if info.enabled else bar.update,
         )
-        settings = {
-            "resize": format_resize(resize),
-            "patch_num": patch_num,
-            "patch_size": patch_size,
-            "loader": rt.loader,
-        }
+
+        def settings() -> dict[str, object]:
+            return {
+                "checkpoint_sha256": _sha256(checkpoint),
+                "resize": format_resize(resize),
+                "patch_num": patch_num,
+                "patch_size": patch_size,
+                "loader": rt.loader,
+            }
+
         # Rank 0 opens the output; all ranks hear if that fails.
-        repaired = run_on_main(
-            info, lambda: sink.begin({"checkpoint_sha256": _sha256(checkpoint), **settings})
-        )
+        repaired = run_on_main(info, lambda: sink.begin(settings))
         summary.started = True
         if repaired:
             say(repaired)

@@ -44,7 +44,7 @@ import json
 import math
 import os
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -94,14 +94,17 @@ def encode_csv(rows: Sequence[ScoreRow]) -> bytes:
 
 def encode_jsonl(rows: Sequence[ScoreRow]) -> bytes:
     lines = [
-        json.dumps({"image": r.image, "score": _float(r.score), "error": r.error}) + "\n"
+        json.dumps(
+            {
+                "image": r.image,
+                "score": None if r.score is None else float(r.score),
+                "error": r.error,
+            }
+        )
+        + "\n"
         for r in rows
     ]
     return "".join(lines).encode("ascii")  # ensure_ascii: escapes, never raw bytes
-
-
-def _float(score: float | None) -> float | None:
-    return None if score is None else float(score)
 
 
 def _check_row(image: object, score: object, error: object) -> tuple[str, bool]:
@@ -344,13 +347,14 @@ class OutputFile:
             pass  # a file system without locks: carry on unlocked
         return fd
 
-    def begin(self, settings: Mapping[str, object]) -> str | None:
+    def begin(self, settings: Callable[[], Mapping[str, object]]) -> str | None:
         """After the model loaded: start writing. On --resume the rows there must have
-        been scored with ``settings`` (else refused, the file unchanged); then a torn
+        been scored with ``settings()`` (else refused, the file unchanged); then a torn
         last row is cut off, an --overwrite'd file emptied, a new file made (with its
-        folder), and ``settings`` recorded. Returns a line saying what was repaired, or None."""
+        folder), and the settings recorded. Returns a line saying what was repaired, or None."""
+        scored_with = dict(settings())
         if self.had_rows:
-            self._check_settings(settings)
+            self._check_settings(scored_with)
         said = None
         try:
             if self.fd is None:
@@ -376,7 +380,7 @@ class OutputFile:
                 self._write_all((",".join(CSV_HEADER) + "\n").encode())
         except OSError as e:
             raise WriteError(f"cannot write --output {self.path}: {e.strerror or e}") from None
-        write_json_atomic(settings_record(self.path), dict(settings))
+        write_json_atomic(settings_record(self.path), scored_with)
         return said
 
     def _check_settings(self, settings: Mapping[str, object]) -> None:

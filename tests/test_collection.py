@@ -156,7 +156,7 @@ SETTINGS = {"checkpoint_sha256": "ab12", "resize": "240x256", "patch_num": 1, "l
 def written(path: Path, rows=ROWS) -> bytes:
     out = OutputFile(path)
     out.prepare()
-    out.begin(SETTINGS)
+    out.begin(lambda: SETTINGS)
     out.write(rows)
     out.close()
     return path.read_bytes()
@@ -194,7 +194,7 @@ def test_a_cut_at_any_byte_resumes_to_whole_rows(tmp_path: Path, suffix: str) ->
         path.write_bytes(full[:cut])
         out = OutputFile(path, resume=True)
         done = out.prepare().names
-        out.begin(SETTINGS)
+        out.begin(lambda: SETTINGS)
         kept = path.read_bytes()
         whole = max([e for e in ends if e <= cut], default=0)
         assert kept == full[: max(whole, ends[0] if suffix == ".csv" else 0)], cut
@@ -210,7 +210,7 @@ def test_resume_drops_the_rows_of_a_window_cut_short(tmp_path: Path) -> None:
     full = written(path)
     out = OutputFile(path, resume=True)
     done = out.prepare(window=4).names  # 6 rows: windows of 4, 2; the last is scored again
-    said = out.begin(SETTINGS)
+    said = out.begin(lambda: SETTINGS)
     out.close()
     assert sum(done.values()) == 4 and done["é.png"] == 0
     assert "2 rows after the last whole window" in said
@@ -245,7 +245,7 @@ def test_resume_with_other_settings_is_refused_and_changes_nothing(
     out = OutputFile(path, resume=True)
     out.prepare()
     with pytest.raises(UserError, match=refusal):
-        out.begin(SETTINGS)
+        out.begin(lambda: SETTINGS)
     out.close()
     assert path.read_bytes() == full[:-3]
     assert (kept.read_bytes() if kept.exists() else None) == before
@@ -255,14 +255,14 @@ def test_the_settings_are_recorded_before_the_first_row(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     out = OutputFile(path)
     out.prepare()
-    out.begin(SETTINGS)
+    out.begin(lambda: SETTINGS)
     assert json.loads(settings_record(path).read_text()) == SETTINGS
     assert path.read_bytes() == b""
     out.close()
     # A resume of an output with no rows yet has nothing to mix: it records its own.
     again = OutputFile(path, resume=True)
     again.prepare()
-    again.begin({**SETTINGS, "patch_num": 2})
+    again.begin(lambda: {**SETTINGS, "patch_num": 2})
     again.close()
     assert json.loads(settings_record(path).read_text())["patch_num"] == 2
 
@@ -319,7 +319,7 @@ def test_the_output_is_refused_before_any_work(tmp_path: Path) -> None:
     assert existing.read_bytes() == b"keep me"
     with pytest.raises(UserError, match="being written by another run"):
         OutputFile(existing, overwrite=True).prepare()  # the first one holds the lock
-    out.begin(SETTINGS)
+    out.begin(lambda: SETTINGS)
     out.close()
     assert existing.read_bytes() == b"image,score,error\n"
 
